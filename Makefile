@@ -12,6 +12,7 @@ train: setup
 	$(PYTHON) -m mln_tf train
 
 test: setup
+	$(PYTHON) -m ruff check mln_tf tests benchmarks
 	$(PYTHON) -m pytest -q
 
 lint:

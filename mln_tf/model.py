@@ -1,0 +1,573 @@
+"""MetaLabelNet: a classifier trained on soft labels that a meta-learned generator produces.
+
+Notation (see ALGORITHM.md of the project): the classifier f_θ outputs logits over C classes;
+the frozen feature extractor h is a copy of the warmed-up classifier cut at its penultimate
+layer; the label generator g_φ = softmax(W·h(x) + b) produces soft labels ŷ; (x, ỹ) is a noisy
+batch and (x_m, y_m) a clean meta batch.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from mln_tf import losses
+
+# The authors' final code steps the virtual classifier by the full gradient (`param - grad`).
+DEFAULT_VIRTUAL_LR = 1.0
+DEFAULT_ENTROPY_WEIGHT = 1.0
+
+BATCH_STRUCTURE = (
+    "Expected each training batch to be `((x, y), (x_meta, y_meta))` or "
+    "`(x, (x_meta, y_meta))` for unlabeled noisy data; `mln_tf.data.with_meta(...)` "
+    "builds such a dataset."
+)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a training step produces a NaN or infinite loss.
+
+    The step that produced it is not applied: the weights keep their last finite values.
+    """
+
+
+def paper_classifier_optimizer(learning_rate=1e-2):
+    """The classifier optimizer of the authors' code: SGD, momentum 0.9, weight decay 1e-4.
+
+    Args:
+        learning_rate: float or `keras.optimizers.schedules.LearningRateSchedule`.
+            Defaults to 1e-2.
+
+    Returns:
+        A `keras.optimizers.SGD`.
+    """
+    return keras.optimizers.SGD(learning_rate, momentum=0.9, weight_decay=1e-4)
+
+
+def paper_generator_optimizer(learning_rate=1e-3):
+    """The label generator's optimizer of the authors' code: Adam, weight decay 1e-4.
+
+    Args:
+        learning_rate: float, β in the paper: 1e-2 for CIFAR-10, 1e-3 otherwise.
+            Defaults to 1e-3.
+
+    Returns:
+        A `keras.optimizers.Adam`.
+    """
+    return keras.optimizers.Adam(learning_rate, weight_decay=1e-4)
+
+
+@keras.saving.register_keras_serializable(package="mln_tf")
+class MetaLabelNet(keras.Model):
+    """Trains a classifier on soft labels that a label generator meta-learns on clean data.
+
+    The classifier must already be warmed up on the noisy labels (stage 1, plain Keras).
+    `MetaLabelNet` freezes a copy of it, cut at `feature_layer`, as the feature extractor,
+    and puts a single-layer softmax label generator on top. Each `fit` step (stage 2) then:
+
+    1. computes the soft labels ŷ = g_φ(h(x)) of the noisy batch;
+    2. takes a virtual SGD step θ̂ = θ − α·∇_θ L_c(θ; ŷ), kept differentiable in φ;
+    3. measures the meta loss L_m = CE(f_θ̂(x_m), y_m) on the clean meta batch;
+    4. updates φ with `generator_optimizer` on ∇_φ L_m (a second-order gradient);
+    5. recomputes ŷ' = g_φ(h(x)) as a constant;
+    6. updates θ with the main optimizer on L_c(θ; ŷ') + w·L_e(θ), reusing the forward
+       pass of step 2.
+
+    The given noisy label is not used by the step; it only feeds the `label_agreement`
+    metric. The virtual pass never moves the real batch-normalisation statistics; the real
+    pass updates them once per batch.
+
+    Formula:
+
+    ```
+    L_c(θ; ŷ) = mean_{i,j} p_ij (log p_ij − log(ŷ_ij + 1e-10)),   p = softmax(f_θ(x))
+    L_e(θ)    = − mean_{i,j} p_ij log p_ij
+    θ̂(φ)     = θ − α ∇_θ L_c(θ; g_φ(h(x)))
+    φ        ← generator_optimizer(φ, ∇_φ CE(f_θ̂(φ)(x_m), y_m))
+    θ        ← optimizer(θ, ∇_θ [L_c(θ; stop_gradient(g_φ(h(x)))) + w L_e(θ)])
+    ```
+
+    Training data: each element is `((x, y), (x_meta, y_meta))`, with integer labels and
+    `y = -1` for unlabeled examples, or `(x, (x_meta, y_meta))` for a batch without labels.
+    `mln_tf.data.with_meta` builds it. `evaluate` and `validation_data` take ordinary
+    `(x, y)` batches and report the classifier's cross-entropy (`loss`) and `accuracy`.
+
+    Args:
+        classifier: a built functional or Sequential `keras.Model` that outputs logits of
+            shape `(batch, C)`, warmed up on the noisy labels.
+        feature_layer: str, the name of the layer whose output is the feature vector.
+            Defaults to `None`, the input of the classifier's last layer.
+        virtual_lr: float, α, the virtual step size. Usually set through `compile`.
+            Defaults to 1.0, as in the authors' final code.
+        entropy_weight: float, w, the weight of the entropy loss. Usually set through
+            `compile`. Defaults to 1.0.
+        generator_optimizer: the label generator's `keras.optimizers.Optimizer`. Usually
+            set through `compile`. Defaults to Adam(1e-3, weight_decay=1e-4).
+        feature_extractor: a `keras.Model` mapping images to features, to use instead of
+            cutting a copy of `classifier`. Defaults to `None`.
+        label_generator: a `keras.Model` mapping features to soft labels, to use instead of
+            a fresh single-layer generator. Defaults to `None`.
+        **kwargs: passed to `keras.Model` (`name`, ...).
+
+    Example:
+
+    >>> classifier = mln_tf.models.fashion_cnn(num_classes=10)
+    >>> model = MetaLabelNet(classifier, feature_layer="features")
+    >>> model.compile(optimizer=keras.optimizers.SGD(1e-2, momentum=0.9),
+    ...               generator_optimizer=keras.optimizers.Adam(1e-3))
+    >>> model.label_generator.output_shape
+    (None, 10)
+    """
+
+    def __init__(
+        self,
+        classifier,
+        feature_layer=None,
+        *,
+        virtual_lr=DEFAULT_VIRTUAL_LR,
+        entropy_weight=DEFAULT_ENTROPY_WEIGHT,
+        generator_optimizer=None,
+        feature_extractor=None,
+        label_generator=None,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "meta_label_net")
+        super().__init__(**kwargs)
+        _check_classifier(classifier)
+        self.classifier = classifier
+        self.feature_layer = feature_layer
+        self.num_classes = int(classifier.output_shape[-1])
+        self.virtual_lr = _check_virtual_lr(virtual_lr)
+        self.entropy_weight = _check_entropy_weight(entropy_weight)
+
+        if feature_extractor is None:
+            feature_extractor = _freeze_feature_extractor(classifier, feature_layer)
+        feature_extractor.trainable = False
+        self.feature_extractor = feature_extractor
+
+        feature_shape = feature_extractor.output_shape
+        if len(feature_shape) != 2:
+            raise ValueError(
+                f"The feature layer {feature_layer!r} outputs shape {feature_shape}, but the "
+                "label generator needs a flat feature vector of shape (batch, features). "
+                "Choose a dense or global-pooling layer as `feature_layer`."
+            )
+        if label_generator is None:
+            label_generator = _build_label_generator(feature_shape[-1], self.num_classes)
+        self.label_generator = label_generator
+
+        self.generator_optimizer = keras.optimizers.get(
+            generator_optimizer or paper_generator_optimizer()
+        )
+        # Built now so that its state exists when a saved model is loaded.
+        if not self.generator_optimizer.built:
+            self.generator_optimizer.build(self.label_generator.trainable_variables)
+
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.meta_loss_tracker = keras.metrics.Mean(name="meta_loss")
+        self.agreement_tracker = keras.metrics.Mean(name="label_agreement")
+        self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        # Count skipped steps; `fit` stops on the first one with an error that says why.
+        self.invalid_label_steps = keras.metrics.Sum(name="invalid_label_steps")
+        self.non_finite_steps = keras.metrics.Sum(name="non_finite_steps")
+        self.built = True
+
+    # Configuration
+
+    def compile(
+        self,
+        optimizer=None,
+        generator_optimizer=None,
+        virtual_lr=None,
+        entropy_weight=None,
+        *,
+        loss=None,
+        metrics=None,
+        **kwargs,
+    ):
+        """Configures MetaLabelNet for training.
+
+        Args:
+            optimizer: the classifier's optimizer. Defaults to SGD(1e-2, momentum 0.9,
+                weight_decay 1e-4), the authors' setting.
+            generator_optimizer: the label generator's optimizer. Defaults to keeping the
+                current one (Adam(1e-3, weight_decay=1e-4) unless set before).
+            virtual_lr: float, α, the virtual step size. Defaults to keeping the current
+                value (1.0 unless set before).
+            entropy_weight: float, w, the entropy loss weight. Defaults to keeping the
+                current value (1.0 unless set before).
+            loss: must be `None`: MetaLabelNet computes its own losses.
+            metrics: must be `None`: MetaLabelNet reports its own metrics.
+            **kwargs: passed to `keras.Model.compile` (`jit_compile`, `steps_per_execution`,
+                `run_eagerly`, ...). `jit_compile` defaults to Keras' `"auto"`.
+        """
+        if loss is not None:
+            raise ValueError(
+                f"Invalid value for argument `loss`. Received: loss={loss!r}. MetaLabelNet "
+                "computes its own losses; call `compile()` without `loss`."
+            )
+        if metrics:
+            raise ValueError(
+                f"Invalid value for argument `metrics`. Received: metrics={metrics!r}. "
+                "MetaLabelNet reports `loss`, `meta_loss` and `label_agreement` in training "
+                "and `loss` and `accuracy` in evaluation; call `compile()` without `metrics`."
+            )
+        if virtual_lr is not None:
+            self.virtual_lr = _check_virtual_lr(virtual_lr)
+        if entropy_weight is not None:
+            self.entropy_weight = _check_entropy_weight(entropy_weight)
+        if generator_optimizer is not None:
+            generator_optimizer = keras.optimizers.get(generator_optimizer)
+            if not generator_optimizer.built:
+                generator_optimizer.build(self.label_generator.trainable_variables)
+            self.generator_optimizer = generator_optimizer
+        optimizer = keras.optimizers.get(optimizer or paper_classifier_optimizer())
+        super().compile(optimizer=optimizer, **kwargs)
+        # Only the classifier's variables: Keras would otherwise build it on the generator's too.
+        if not self.optimizer.built:
+            self.optimizer.build(self.classifier.trainable_variables)
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "classifier": _serialize_model(self.classifier),
+                "feature_layer": self.feature_layer,
+                "virtual_lr": self.virtual_lr,
+                "entropy_weight": self.entropy_weight,
+                "generator_optimizer": keras.saving.serialize_keras_object(
+                    self.generator_optimizer
+                ),
+                "feature_extractor": _serialize_model(self.feature_extractor),
+                "label_generator": _serialize_model(self.label_generator),
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("classifier", "feature_extractor", "label_generator", "generator_optimizer"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+    def save_own_variables(self, store):
+        # Keras does not save random-generator states; dropout needs them to resume exactly.
+        super().save_own_variables(store)
+        for index, state in enumerate(self._random_states()):
+            store[f"random_state_{index}"] = state.numpy()
+
+    def load_own_variables(self, store):
+        for index, state in enumerate(self._random_states()):
+            key = f"random_state_{index}"
+            if key in store:
+                state.assign(store[key])
+
+    def _random_states(self):
+        weights = {id(variable) for variable in self.classifier.weights}
+        return [v for v in self.classifier.non_trainable_variables if id(v) not in weights]
+
+    @property
+    def metrics(self):
+        return [
+            self.loss_tracker,
+            self.meta_loss_tracker,
+            self.agreement_tracker,
+            self.accuracy_tracker,
+            self.invalid_label_steps,
+            self.non_finite_steps,
+        ]
+
+    def call(self, inputs, training=None):
+        return self.classifier(inputs, training=training)
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        callbacks = [*(callbacks or []), _StopOnInvalidStep()]
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    # Training
+
+    def train_step(self, data):
+        x, y, x_meta, y_meta = self._unpack_batch(data)
+        classifier = self.classifier
+        trainable = classifier.trainable_variables
+        non_trainable = classifier.non_trainable_variables
+        theta = [variable.value for variable in trainable]
+        state = [variable.value for variable in non_trainable]
+        generator_variables = self.label_generator.trainable_variables
+
+        # Frozen features of the noisy batch
+        features = self.feature_extractor(x, training=False)
+
+        with tf.GradientTape() as meta_tape:
+            soft_labels = self.label_generator(features, training=True)
+            with tf.GradientTape(persistent=True) as classifier_tape:
+                classifier_tape.watch(theta)
+                logits, new_state = classifier.stateless_call(theta, state, x, training=True)
+                label_loss = losses.soft_label_loss(logits, soft_labels)
+            # Virtual step, differentiable with respect to φ through the soft labels
+            grads = classifier_tape.gradient(label_loss, theta)
+            fast_weights = [w - self.virtual_lr * g for w, g in zip(theta, grads)]
+            # Meta loss on the clean batch; the virtual pass's BN updates are discarded
+            meta_logits, _ = classifier.stateless_call(
+                fast_weights, new_state, x_meta, training=True
+            )
+            meta_loss = losses.meta_loss(y_meta, meta_logits)
+        generator_grads = meta_tape.gradient(meta_loss, generator_variables)
+
+        labels_ok = self._labels_in_range(y, y_meta)
+        step_ok = tf.logical_and(labels_ok, _all_finite([label_loss, meta_loss, *generator_grads]))
+
+        # Update generator
+        def update_generator():
+            self.generator_optimizer.apply(generator_grads, generator_variables)
+
+        tf.cond(step_ok, update_generator, lambda: None)
+
+        # Update classifier on the new soft labels, reusing the forward pass above
+        new_soft_labels = tf.stop_gradient(self.label_generator(features, training=False))
+        with tf.GradientTape() as logits_tape:
+            logits_tape.watch(logits)
+            loss = losses.soft_label_loss(logits, new_soft_labels)
+            if self.entropy_weight:
+                loss = loss + self.entropy_weight * losses.entropy_loss(logits)
+        logits_grads = logits_tape.gradient(loss, logits)
+        classifier_grads = classifier_tape.gradient(logits, theta, output_gradients=logits_grads)
+        step_ok = tf.logical_and(step_ok, tf.math.is_finite(loss))
+
+        def update_classifier():
+            self.optimizer.apply(classifier_grads, trainable)
+            for variable, value in zip(non_trainable, new_state):
+                variable.assign(value)
+
+        tf.cond(step_ok, update_classifier, lambda: None)
+
+        self.loss_tracker.update_state(loss)
+        self.meta_loss_tracker.update_state(meta_loss)
+        if y is not None:
+            agrees = tf.cast(
+                tf.equal(tf.argmax(soft_labels, -1, output_type=y.dtype), y), "float32"
+            )
+            self.agreement_tracker.update_state(agrees, sample_weight=tf.cast(y >= 0, "float32"))
+        self.invalid_label_steps.update_state(tf.cast(tf.logical_not(labels_ok), "float32"))
+        self.non_finite_steps.update_state(
+            tf.cast(tf.logical_and(labels_ok, tf.logical_not(step_ok)), "float32")
+        )
+        return {
+            "loss": self.loss_tracker.result(),
+            "meta_loss": self.meta_loss_tracker.result(),
+            "label_agreement": self.agreement_tracker.result(),
+        }
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if y is None:
+            raise ValueError(
+                "`evaluate` and `validation_data` need labelled batches `(x, y)`; "
+                "the batch has no labels."
+            )
+        logits = self.classifier(x, training=False)
+        self._check_labels_shape(y, "y")
+        y = tf.reshape(tf.cast(y, tf.int32), [-1])
+        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+        self.loss_tracker.update_state(cross_entropy, sample_weight=sample_weight)
+        self.accuracy_tracker.update_state(y, logits, sample_weight=sample_weight)
+        return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_tracker.result()}
+
+    # Input checks, at trace time where shapes allow it
+
+    def _unpack_batch(self, data):
+        if isinstance(data, tuple) and len(data) == 3 and data[1] is None and data[2] is None:
+            data = data[0]  # `train_on_batch(batch)` packs the batch as `(x, None, None)`.
+        if not (isinstance(data, (tuple, list)) and len(data) == 2):
+            raise ValueError(
+                f"Invalid training batch of structure {_structure(data)}. {BATCH_STRUCTURE}"
+            )
+        noisy, meta = data
+        if isinstance(noisy, (tuple, list)):
+            if len(noisy) == 2:
+                x, y = noisy
+            elif len(noisy) == 1:
+                (x,), y = noisy, None
+            else:
+                raise ValueError(
+                    f"Invalid noisy batch of structure {_structure(noisy)}. {BATCH_STRUCTURE}"
+                )
+        else:
+            x, y = noisy, None
+        if not (isinstance(meta, (tuple, list)) and len(meta) == 2):
+            raise ValueError(
+                f"Invalid meta batch of structure {_structure(meta)}: the meta batch needs "
+                f"clean labels. {BATCH_STRUCTURE}"
+            )
+        x_meta, y_meta = meta
+        self._check_images_shape(x, "x")
+        self._check_images_shape(x_meta, "x_meta")
+        if y is not None:
+            self._check_labels_shape(y, "y")
+            y = tf.reshape(tf.cast(y, tf.int32), [-1])
+        self._check_meta_labels(y_meta)
+        if not (y_meta.dtype.is_floating and y_meta.shape.rank == 2 and y_meta.shape[-1] != 1):
+            y_meta = tf.reshape(tf.cast(y_meta, tf.int32), [-1])
+        return x, y, x_meta, y_meta
+
+    def _check_images_shape(self, images, name):
+        expected = tuple(self.classifier.input_shape[1:])
+        received = tuple(images.shape[1:])
+        compatible = len(expected) == len(received) and all(
+            e is None or r is None or e == r for e, r in zip(expected, received)
+        )
+        if not compatible:
+            raise ValueError(
+                f"The batch `{name}` has examples of shape {received}, but the classifier "
+                f"expects {expected}."
+            )
+
+    def _check_labels_shape(self, labels, name):
+        rank = labels.shape.rank
+        if labels.dtype.is_floating or not (rank == 1 or (rank == 2 and labels.shape[-1] == 1)):
+            raise ValueError(
+                f"The labels `{name}` must be integer class indices of shape (batch,). "
+                f"Received dtype {labels.dtype.name} and shape {tuple(labels.shape)}."
+            )
+
+    def _check_meta_labels(self, y_meta):
+        if y_meta.dtype.is_floating and y_meta.shape.rank == 2 and y_meta.shape[-1] != 1:
+            if y_meta.shape[-1] != self.num_classes:
+                raise ValueError(
+                    f"The meta labels have {y_meta.shape[-1]} classes (shape "
+                    f"{tuple(y_meta.shape)}), but the classifier outputs {self.num_classes} "
+                    "logits. The meta set and the classifier must have the same classes."
+                )
+            return
+        self._check_labels_shape(y_meta, "y_meta")
+
+    def _labels_in_range(self, y, y_meta):
+        checks = []
+        if y is not None:  # -1 marks unlabeled examples
+            checks.append(tf.reduce_all((y >= -1) & (y < self.num_classes)))
+        if not y_meta.dtype.is_floating:
+            checks.append(tf.reduce_all((y_meta >= 0) & (y_meta < self.num_classes)))
+        return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+
+
+class _StopOnInvalidStep(keras.callbacks.Callback):
+    """Stops `fit` with a clear error on the first step that `train_step` refused to apply."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        model = self.model
+        if float(model.invalid_label_steps.result()) > 0:
+            raise ValueError(
+                f"Training stopped at batch {batch}: a label is out of range. Labels must be "
+                f"integer class indices in [0, {model.num_classes}), the classifier's "
+                f"{model.num_classes} classes (or -1 for unlabeled noisy examples). Check that "
+                "the meta set has the same classes as the classifier. The step was not "
+                "applied; the weights are those before it."
+            )
+        if float(model.non_finite_steps.result()) > 0:
+            raise NonFiniteLossError(
+                f"Training stopped at batch {batch}: the loss or meta loss is NaN or infinite "
+                f"(logs: {_format_logs(logs)}). The step was not applied; the weights are those "
+                "before it. Lower the learning rates or the virtual step `virtual_lr`, and check "
+                "the inputs for NaN values."
+            )
+
+
+def _check_classifier(classifier):
+    if not isinstance(classifier, keras.Model):
+        raise TypeError(
+            f"Invalid type for argument `classifier`. Received: {type(classifier).__name__}. "
+            "Expected a `keras.Model` that outputs logits."
+        )
+    if not classifier.built:
+        raise ValueError(
+            f"The classifier {classifier.name!r} is not built. MetaLabelNet copies its weights, "
+            "so they must exist: build it beforehand by calling it on a batch of data, or give "
+            "it a `keras.Input`."
+        )
+    output_shape = classifier.output_shape
+    if not (isinstance(output_shape, tuple) and len(output_shape) == 2):
+        raise ValueError(
+            f"The classifier must output logits of shape (batch, classes). Received output "
+            f"shape {output_shape}."
+        )
+
+
+def _check_virtual_lr(virtual_lr):
+    if not isinstance(virtual_lr, (int, float)) or not virtual_lr > 0 or math.isinf(virtual_lr):
+        raise ValueError(
+            f"Invalid value for argument `virtual_lr`. Received: virtual_lr={virtual_lr!r}. "
+            "Expected a positive float."
+        )
+    return float(virtual_lr)
+
+
+def _check_entropy_weight(entropy_weight):
+    if (
+        not isinstance(entropy_weight, (int, float))
+        or not entropy_weight >= 0
+        or math.isinf(entropy_weight)
+    ):
+        raise ValueError(
+            "Invalid value for argument `entropy_weight`. "
+            f"Received: entropy_weight={entropy_weight!r}. Expected a non-negative float."
+        )
+    return float(entropy_weight)
+
+
+def _freeze_feature_extractor(classifier, feature_layer):
+    """A frozen copy of `classifier` that outputs `feature_layer`'s activations."""
+    layer_names = [layer.name for layer in classifier.layers]
+    if feature_layer is not None and feature_layer not in layer_names:
+        raise ValueError(
+            f"The classifier {classifier.name!r} has no layer named {feature_layer!r}. "
+            f"Its layers are: {', '.join(layer_names)}. Pass `feature_layer=` the name of "
+            "its penultimate (feature) layer."
+        )
+    try:
+        copy = keras.models.clone_model(classifier)
+    except ValueError as error:
+        raise ValueError(
+            "MetaLabelNet cuts the feature extractor from a copy of the classifier, which "
+            "needs a functional or Sequential model. For a subclassed classifier, pass "
+            "`feature_extractor=` a model that maps images to features."
+        ) from error
+    copy.set_weights(classifier.get_weights())
+    if feature_layer is None:
+        features = copy.layers[-1].input
+    else:
+        features = copy.get_layer(feature_layer).output
+    inputs = copy.inputs[0] if len(copy.inputs) == 1 else copy.inputs
+    extractor = keras.Model(inputs, features, name="feature_extractor")
+    extractor.trainable = False
+    return extractor
+
+
+def _build_label_generator(num_features, num_classes):
+    """The single-layer perceptron g_φ: Dense(C) with softmax."""
+    inputs = keras.Input((num_features,), name="features")
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="soft_labels")(inputs)
+    return keras.Model(inputs, outputs, name="label_generator")
+
+
+def _serialize_model(model):
+    config = keras.saving.serialize_keras_object(model)
+    # The warm-up compilation is not part of MetaLabelNet's state.
+    config.pop("compile_config", None)
+    return config
+
+
+def _all_finite(tensors):
+    return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in tensors]))
+
+
+def _structure(data):
+    return tf.nest.map_structure(lambda t: getattr(t, "shape", type(t).__name__), data)
+
+
+def _format_logs(logs):
+    return ", ".join(f"{key}={float(value):.4g}" for key, value in (logs or {}).items())

@@ -1,0 +1,132 @@
+"""Classifier architectures of the MetaLabelNet paper and its code.
+
+Each builder returns an uncompiled, built `keras.Model` that outputs logits. The penultimate
+representation is a layer named `features`, the layer `MetaLabelNet` cuts the frozen feature
+extractor at.
+"""
+
+import os
+
+import keras
+from keras import layers
+
+# Name of the penultimate layer in every builder here.
+FEATURE_LAYER = "features"
+
+
+def fashion_cnn(num_classes=10, input_shape=(28, 28, 1), name="fashion_cnn"):
+    """The Fashion-MNIST CNN of the authors' code.
+
+    conv32 → conv64 → max-pool → dropout 0.25 → dense 128 (`features`) → dropout 0.5 →
+    dense C (logits).
+
+    Args:
+        num_classes: int, the number of classes C. Defaults to 10.
+        input_shape: tuple, the image shape. Defaults to `(28, 28, 1)`.
+        name: str, the model name. Defaults to `"fashion_cnn"`.
+
+    Returns:
+        A built `keras.Model` mapping images to logits of shape `(batch, num_classes)`.
+
+    Example:
+
+    >>> model = fashion_cnn(num_classes=10)
+    >>> model.output_shape
+    (None, 10)
+    """
+    _check_num_classes(num_classes)
+    inputs = keras.Input(input_shape, name="image")
+    x = layers.Conv2D(32, 3, activation="relu", name="conv1")(inputs)
+    x = layers.Conv2D(64, 3, activation="relu", name="conv2")(x)
+    x = layers.MaxPooling2D(2, name="pool")(x)
+    x = layers.Dropout(0.25, name="dropout1")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(128, activation="relu", name=FEATURE_LAYER)(x)
+    x = layers.Dropout(0.5, name="dropout2")(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def cifar10_cnn(num_classes=10, input_shape=(32, 32, 3), name="cifar10_cnn"):
+    """The paper's CIFAR-10 network, trained from scratch.
+
+    Six 3×3 convolutions (64, 64, 128, 128, 196, 196), each with batch normalisation and
+    ReLU, a max-pool after each pair, then dense 256 with batch normalisation and ReLU
+    (`features`) and dense C (logits).
+
+    Args:
+        num_classes: int, the number of classes C. Defaults to 10.
+        input_shape: tuple, the image shape. Defaults to `(32, 32, 3)`.
+        name: str, the model name. Defaults to `"cifar10_cnn"`.
+
+    Returns:
+        A built `keras.Model` mapping images to logits.
+
+    Example:
+
+    >>> cifar10_cnn().get_layer("features").output.shape
+    (None, 256)
+    """
+    _check_num_classes(num_classes)
+    inputs = keras.Input(input_shape, name="image")
+    x = inputs
+    for block, filters in enumerate((64, 128, 196), start=1):
+        for conv in (1, 2):
+            prefix = f"block{block}_conv{conv}"
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=prefix)(x)
+            x = layers.BatchNormalization(name=f"{prefix}_bn")(x)
+            x = layers.ReLU(name=f"{prefix}_relu")(x)
+        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(256, use_bias=False, name="features_dense")(x)
+    x = layers.BatchNormalization(name="features_bn")(x)
+    x = layers.ReLU(name=FEATURE_LAYER)(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def resnet50(num_classes, input_shape=(224, 224, 3), weights=None, name="resnet50"):
+    """ResNet-50 from `keras.applications` with a fresh C-way head.
+
+    Nothing is downloaded: pass `weights=None` for random initialisation, or the path of a
+    weights file you already have (for example ImageNet weights of
+    `keras.applications.ResNet50(include_top=False)` saved with `save_weights`).
+
+    Args:
+        num_classes: int, the number of classes C.
+        input_shape: tuple, the image shape. Defaults to `(224, 224, 3)`.
+        weights: `None` or the path of a `.weights.h5` file for the backbone
+            (`include_top=False`). Defaults to `None`.
+        name: str, the model name. Defaults to `"resnet50"`.
+
+    Returns:
+        A built `keras.Model` whose global-average-pool layer is named `features`.
+
+    Example:
+
+    >>> resnet50(num_classes=14, input_shape=(64, 64, 3)).output_shape
+    (None, 14)
+    """
+    _check_num_classes(num_classes)
+    if weights is not None and not os.path.isfile(weights):
+        raise ValueError(
+            f"Invalid value for argument `weights`. Received: weights={weights!r}. "
+            "Expected None or the path of an existing weights file; mln_tf never downloads "
+            "weights at run time."
+        )
+    backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=input_shape)
+    if weights is not None:
+        backbone.load_weights(weights)
+    inputs = keras.Input(input_shape, name="image")
+    x = backbone(inputs)
+    x = layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _check_num_classes(num_classes):
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(
+            f"Invalid value for argument `num_classes`. Received: num_classes={num_classes!r}. "
+            "Expected an integer of at least 2."
+        )
