@@ -1,0 +1,195 @@
+"""Times one MetaLabelNet training step against one plain cross-entropy step.
+
+All variants run in one process, interleaved step by step, on the same classifier
+architecture, batch size and data, so that machine noise hits them alike. The result is the
+median step time after warm-up and its ratio to the plain step of the same `jit_compile`
+setting. Peak memory is measured per variant in a fresh subprocess, as the rise of the
+peak during the steps: host RSS (VmHWM) on the CPU, `tf.config.experimental.get_memory_info`
+on a GPU.
+
+Usage:
+
+    python benchmarks/step_time.py --models fashion_cnn --steps 30 --out benchmarks/results
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import mln_tf  # noqa: E402
+
+MODELS = {
+    "fashion_cnn": (mln_tf.models.fashion_cnn, (28, 28, 1)),
+    "cifar10_cnn": (mln_tf.models.cifar10_cnn, (32, 32, 3)),
+}
+NUM_CLASSES = 10
+METHODS = ("plain", "meta")
+
+
+def make_step(model_name, method, jit_compile, batch_size, seed=0):
+    """A compiled training step and the batch it trains on."""
+    keras.utils.set_random_seed(seed)
+    builder, input_shape = MODELS[model_name]
+    rng = np.random.default_rng(seed)
+    x = tf.constant(rng.random((batch_size, *input_shape), dtype=np.float32))
+    y = tf.constant(rng.integers(0, NUM_CLASSES, batch_size).astype("int32"))
+    classifier = builder(num_classes=NUM_CLASSES)
+    if method == "plain":
+        classifier.compile(
+            optimizer=mln_tf.model.paper_classifier_optimizer(),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        model, batch = classifier, (x, y)
+    else:
+        model = mln_tf.MetaLabelNet(classifier, feature_layer=mln_tf.models.FEATURE_LAYER)
+        model.compile()
+        batch = ((x, y), (x, y))
+    step = tf.function(model.train_step, jit_compile=jit_compile)
+    return lambda: float(step(batch)["loss"])
+
+
+def _proc_status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def peak_memory_bytes():
+    """Peak GPU memory on a GPU; otherwise the process's RSS high-water mark (VmHWM)."""
+    if tf.config.list_physical_devices("GPU"):
+        return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+    # VmHWM, unlike ru_maxrss, is not inherited from the parent across fork and exec.
+    return _proc_status_kb("VmHWM") * 1024
+
+
+def measure_memory(model_name, method, jit_compile, batch_size, steps=5):
+    """Peak memory of the steps alone, in a fresh process so that peaks do not mix.
+
+    Returns the peak after the steps minus the peak before the first one (after the model,
+    its optimizer state and the batch exist), in bytes.
+    """
+    command = [
+        sys.executable, __file__, "--memory-of", f"{model_name}:{method}:{int(jit_compile)}",
+        "--batch-size", str(batch_size), "--steps", str(steps),
+    ]  # fmt: skip
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    before, after = output.strip().splitlines()[-1].split()
+    return int(after) - int(before)
+
+
+def run(models, jit_settings, batch_size, steps, warmup, memory=True):
+    rows = []
+    for model_name in models:
+        variants = {
+            (method, jit): make_step(model_name, method, jit, batch_size)
+            for jit in jit_settings
+            for method in METHODS
+        }
+        for step in variants.values():
+            for _ in range(warmup):  # traces, compiles and warms caches
+                step()
+        times = {key: [] for key in variants}
+        for _ in range(steps):
+            for key, step in variants.items():
+                start = time.perf_counter()
+                step()
+                times[key].append(time.perf_counter() - start)
+        for (method, jit), samples in times.items():
+            plain = statistics.median(times[("plain", jit)])
+            median = statistics.median(samples)
+            row = {
+                "model": model_name,
+                "method": method,
+                "jit_compile": jit,
+                "batch_size": batch_size,
+                "median_ms": 1000 * median,
+                "ratio_to_plain": median / plain,
+            }
+            if memory:
+                row["step_memory_mb"] = measure_memory(model_name, method, jit, batch_size) / 2**20
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def markdown_table(rows):
+    memory = "step_memory_mb" in rows[0]
+    lines = [
+        "| model | step | jit_compile | median ms | × plain |"
+        + (" step peak MB |" if memory else ""),
+        "|---|---|---|---|---|" + ("---|" if memory else ""),
+    ]
+    for row in rows:
+        line = (
+            f"| {row['model']} | {row['method']} | {row['jit_compile']} | "
+            f"{row['median_ms']:.1f} | {row['ratio_to_plain']:.2f} |"
+        )
+        if memory:
+            line += f" {row['step_memory_mb']:.0f} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def machine_description():
+    gpus = tf.config.list_physical_devices("GPU")
+    device = f"GPU: {gpus[0].name}" if gpus else f"CPU: {os.cpu_count()} cores"
+    return f"{platform.machine()}, {device}, TensorFlow {tf.__version__}, Keras {keras.__version__}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["fashion_cnn"], choices=sorted(MODELS))
+    parser.add_argument("--jit", choices=["both", "on", "off"], default="both")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--no-memory", action="store_true", help="skip peak-memory runs")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.memory_of:
+        model_name, method, jit = args.memory_of.split(":")
+        step = make_step(model_name, method, bool(int(jit)), args.batch_size)
+        before = peak_memory_bytes()
+        for _ in range(args.steps):
+            step()
+        print(before, peak_memory_bytes())
+        return
+
+    jit_settings = {"both": (False, True), "on": (True,), "off": (False,)}[args.jit]
+    rows = run(
+        args.models, jit_settings, args.batch_size, args.steps, args.warmup, not args.no_memory
+    )
+    os.makedirs(args.out, exist_ok=True)
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine_description(),
+        "command": "python " + " ".join([os.path.relpath(__file__), *(argv or sys.argv[1:])]),
+        "steps": args.steps,
+        "rows": rows,
+    }
+    with open(os.path.join(args.out, "step_time.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    table = markdown_table(rows)
+    with open(os.path.join(args.out, "step_time.md"), "w") as f:
+        f.write(f"{result['machine']}, {result['date']}\n\n`{result['command']}`\n\n{table}\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
