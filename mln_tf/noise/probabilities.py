@@ -137,7 +137,9 @@ def _fingerprint(images, labels, num_classes, epochs) -> str:
 
 
 def _train_and_predict(images, labels, num_classes, seed, epochs) -> np.ndarray:
-    import keras  # Imported here: only this helper needs Keras.
+    # Imported here: only this helper needs Keras and TensorFlow.
+    import keras
+    import tensorflow as tf
 
     if np.issubdtype(images.dtype, np.integer):
         inputs = images.astype(np.float32) / MAX_PIXEL_VALUE
@@ -168,12 +170,17 @@ def _train_and_predict(images, labels, num_classes, seed, epochs) -> np.ndarray:
     batch_size = min(BATCH_SIZE, labels.size)
     steps_per_epoch = math.ceil(labels.size / batch_size)
     epochs = max(epochs, math.ceil(MIN_STEPS / steps_per_epoch))
+    # The example order of every epoch is drawn here, so the run depends on the seed only.
     rng = make_rng(seed, "noise.class_probabilities")
-    for _ in range(epochs):
-        order = rng.permutation(labels.size)
-        model.fit(
-            inputs[order], labels[order], batch_size=batch_size, epochs=1, shuffle=False,
-            verbose=0,
-        )
+    order = np.concatenate([rng.permutation(labels.size) for _ in range(epochs)])
+    images_tensor = tf.constant(inputs)
+    labels_tensor = tf.constant(labels.astype(np.int32))
+    batches = (
+        tf.data.Dataset.from_tensor_slices(order.astype(np.int32))
+        .batch(batch_size)
+        .map(lambda index: (tf.gather(images_tensor, index), tf.gather(labels_tensor, index)))
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    model.fit(batches, epochs=1, shuffle=False, verbose=0)
     probabilities = model.predict(inputs, batch_size=PREDICT_BATCH_SIZE, verbose=0)
     return probabilities.astype(np.float32)
