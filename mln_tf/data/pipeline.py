@@ -124,10 +124,8 @@ def with_meta(
         unlabeled_batches = unlabeled.batch(batch_size, drop_remainder=True)
         num_noisy = max(int(noisy_batches.cardinality()), 1)
         num_unlabeled = max(int(unlabeled_batches.cardinality()), 1)
-        weights = [
-            num_noisy / (num_noisy + num_unlabeled),
-            num_unlabeled / (num_noisy + num_unlabeled),
-        ]
+        total = num_noisy + num_unlabeled
+        weights = [num_noisy / total, num_unlabeled / total]
         noisy_batches = tf.data.Dataset.sample_from_datasets(
             [noisy_batches, unlabeled_batches],
             weights=weights,
