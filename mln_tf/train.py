@@ -137,6 +137,7 @@ def run(config, out_dir, verbose=1):
         classifier.fit(
             mln_data.batched(train, config.batch_size, shuffle=True, seed=config.seed),
             epochs=config.stage1,
+            shuffle=False,  # the dataset is shuffled already
             verbose=verbose,
         )
     warm_weights = classifier.get_weights()
@@ -152,6 +153,7 @@ def run(config, out_dir, verbose=1):
     history = baseline.fit(
         mln_data.batched(train, config.batch_size, shuffle=True, seed=config.seed),
         epochs=stage2_epochs,
+        shuffle=False,
         callbacks=[EvaluateEachEpoch(baseline, meta_eval, test_eval)],
         verbose=verbose,
     )
@@ -171,6 +173,7 @@ def run(config, out_dir, verbose=1):
     history = model.fit(
         mln_data.with_meta(train, data.meta, config.batch_size, seed=config.seed),
         epochs=stage2_epochs,
+        shuffle=False,
         callbacks=[EvaluateEachEpoch(model.classifier, meta_eval, test_eval)],
         verbose=verbose,
     )

@@ -209,7 +209,7 @@ def test_feature_extractor_is_a_frozen_copy():
         np.testing.assert_array_equal(before, after)
     x = random_batch(9)[0][0]
     # The extractor is the classifier cut at `features`, with the warm-up weights.
-    warm = keras.Model(classifier.inputs, classifier.get_layer("features").output)
+    warm = keras.Model(classifier.input, classifier.get_layer("features").output)
     assert not np.allclose(warm(x).numpy(), model.feature_extractor(x).numpy())
 
 
