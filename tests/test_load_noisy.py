@@ -85,9 +85,10 @@ def test_fashion_mnist_from_a_user_folder(tmp_path):
     )
     np.testing.assert_array_equal(data.test_labels, written["test_labels"])
     np.testing.assert_allclose(data.test_images[..., 0], written["test_images"] / 255.0)
-    # floor(110 * 0.6 / 9) = 7 per class and target, but the pool after 50 meta images per
-    # class holds 60 per class: floor(60 * 0.6 / 9) = 4.
-    assert data.noise_report.confusion[0, 1] == 4
+    # After 50 meta images per class, the pool holds 100 per class: floor(100 * 0.6 / 9) = 6
+    # of them move to each other class.
+    assert dummy_data.TRAIN_PER_CLASS - 50 == 100
+    assert data.noise_report.confusion[0, 1] == 6
 
 
 def test_fashion_mnist_files_uncompressed(tmp_path):
@@ -99,7 +100,7 @@ def test_fashion_mnist_files_uncompressed(tmp_path):
         path.with_suffix("").write_bytes(gzip.decompress(path.read_bytes()))
         path.unlink()
     source = sources.load_fashion_mnist(folder)
-    assert source.train_images.shape == (1100, 28, 28, 1)
+    assert source.train_images.shape == (10 * dummy_data.TRAIN_PER_CLASS, 28, 28, 1)
 
 
 def test_missing_fashion_mnist_folder_says_how_to_get_the_files(tmp_path):
