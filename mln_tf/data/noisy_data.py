@@ -249,7 +249,7 @@ def load_noisy(
     >>> data.split.train_indices.size, data.split.meta_indices.size
     (1337, 100)
     >>> round(data.noise_report.achieved_rate, 3)
-    0.384
+    0.364
     """
     check_noise_arguments(noise, rate, transition_matrix=transition_matrix)
     source = load_source(dataset, data_dir=data_dir)
