@@ -78,3 +78,17 @@ def test_load_noisy_feature_dependent_is_exact_and_cached(tmp_path):
         cache_dir=tmp_path,
     )
     np.testing.assert_array_equal(again.train_noisy_labels, data.train_noisy_labels)
+
+
+def test_same_seed_trains_the_same_network(digits, tmp_path):
+    first = noise.class_probabilities(
+        digits.train_images, digits.train_labels, seed=5, cache_dir=tmp_path / "a"
+    )
+    second = noise.class_probabilities(
+        digits.train_images, digits.train_labels, seed=5, cache_dir=tmp_path / "b"
+    )
+    other = noise.class_probabilities(
+        digits.train_images, digits.train_labels, seed=6, cache_dir=tmp_path / "a"
+    )
+    np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(first, other)

@@ -38,7 +38,7 @@ class NoisySplit:
     report: NoiseReport
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class NoisyData:
     """A noisy training set, a clean meta set, a test set and what is known about the noise.
 
@@ -116,6 +116,9 @@ class NoisyData:
         """int64 labels of `test`."""
         self._require_source("test_labels")
         return self.source.test_labels
+
+    def __repr__(self) -> str:
+        return f"<NoisyData {self.summary()!r}>"
 
     def summary(self) -> str:
         """Returns a short human-readable description of the splits and the noise."""
@@ -249,7 +252,7 @@ def load_noisy(
     >>> data.split.train_indices.size, data.split.meta_indices.size
     (1337, 100)
     >>> round(data.noise_report.achieved_rate, 3)
-    0.384
+    0.364
     """
     check_noise_arguments(noise, rate, transition_matrix=transition_matrix)
     source = load_source(dataset, data_dir=data_dir)

@@ -242,27 +242,6 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
-def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Writes a uint8 array of 1 or 3 dimensions as an IDX file (gzipped if `.gz`).
-
-    The inverse of `read_idx`, for tests and for converting other copies of the data.
-    """
-    array = np.asarray(array)
-    if array.dtype != np.uint8 or array.ndim not in (1, 3):
-        raise ValueError(
-            f"Invalid value for argument `array`. Received: dtype {array.dtype}, shape "
-            f"{array.shape}. Expected uint8 labels (N,) or images (N, H, W)."
-        )
-    magic = IDX_UBYTE_LABELS if array.ndim == 1 else IDX_UBYTE_IMAGES
-    header = magic.to_bytes(IDX_HEADER_BYTES, "big") + b"".join(
-        int(size).to_bytes(IDX_HEADER_BYTES, "big") for size in array.shape
-    )
-    path = pathlib.Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wb") as handle:
-        handle.write(header + np.ascontiguousarray(array).tobytes())
-
-
 def _find_file(folder: pathlib.Path, gz_name: str) -> pathlib.Path | None:
     """Returns `folder/gz_name`, or its uncompressed twin, or None."""
     for name in (gz_name, gz_name.removesuffix(".gz")):

@@ -86,8 +86,9 @@ def class_probabilities(
 
     Example:
 
+    >>> import tempfile
     >>> images = np.random.default_rng(0).integers(0, 255, (64, 8, 8, 1), dtype=np.uint8)
-    >>> probs = class_probabilities(images, np.arange(64) % 2, cache_dir="/tmp/mln_doc")
+    >>> probs = class_probabilities(images, np.arange(64) % 2, cache_dir=tempfile.mkdtemp())
     >>> probs.shape
     (64, 2)
     """

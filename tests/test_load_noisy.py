@@ -1,0 +1,158 @@
+"""`load_noisy`: the in-memory entry point, on scikit-learn's digits and Fashion-MNIST files."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mln_tf.data import DatasetFilesNotFoundError, load_noisy, sources, with_meta
+from mln_tf.data.datasets.noisy_fashion_mnist import dummy_data
+
+
+def as_arrays(dataset):
+    images, labels = zip(*dataset.as_numpy_iterator(), strict=True)
+    return np.stack(images), np.array(labels)
+
+
+def test_digits_symmetric():
+    data = load_noisy("digits", noise="symmetric", rate=0.4, meta_size=100, seed=0)
+    source = sources.load_digits()
+    split = data.split
+    assert split.train_indices.size == 1337 and split.meta_indices.size == 100
+    assert not set(split.train_indices) & set(split.meta_indices)
+    assert data.num_classes == 10 and data.image_shape == (8, 8, 1)
+    # Meta: clean labels, 10 per class, taken from the training split.
+    meta_images, meta_labels = as_arrays(data.meta)
+    np.testing.assert_array_equal(meta_labels, source.train_labels[split.meta_indices])
+    np.testing.assert_array_equal(meta_labels, data.meta_labels)
+    assert np.bincount(meta_labels).tolist() == [10] * 10
+    np.testing.assert_allclose(meta_images, source.train_images[split.meta_indices] / 255.0)
+    # Train: noisy labels, in the order of train_indices.
+    train_images, train_labels = as_arrays(data.train)
+    np.testing.assert_array_equal(train_labels, data.train_noisy_labels)
+    np.testing.assert_array_equal(data.train_clean_labels, source.train_labels[split.train_indices])
+    assert train_images.dtype == np.float32 and 0 <= train_images.min() <= train_images.max() <= 1
+    np.testing.assert_allclose(train_images, data.train_images)
+    assert data.noise_rate == pytest.approx(np.mean(train_labels != data.train_clean_labels))
+    assert data.noise_report.noise == "symmetric" and data.noise_rate > 0.35
+    # Test: the whole test split, clean, untouched by the meta set.
+    test_images, test_labels = as_arrays(data.test)
+    np.testing.assert_array_equal(test_labels, source.test_labels)
+    assert test_images.shape == (360, 8, 8, 1)
+    assert "1337 noisy training, 100 clean meta" in data.summary()
+
+
+def test_same_seed_same_data_other_seed_other_data():
+    first = load_noisy("digits", noise="pair", rate=0.45, meta_size=50, seed=1)
+    second = load_noisy("digits", noise="pair", rate=0.45, meta_size=50, seed=1)
+    other = load_noisy("digits", noise="pair", rate=0.45, meta_size=50, seed=2)
+    np.testing.assert_array_equal(first.split.meta_indices, second.split.meta_indices)
+    np.testing.assert_array_equal(first.train_noisy_labels, second.train_noisy_labels)
+    assert not np.array_equal(first.split.meta_indices, other.split.meta_indices)
+
+
+def test_unlabeled_split_and_with_meta():
+    data = load_noisy(
+        "digits", noise="symmetric_uniform", rate=0.5, meta_size=50, unlabeled_size=200, seed=0
+    )
+    assert data.unlabeled.element_spec.shape == (8, 8, 1)
+    assert len(list(data.unlabeled)) == 200 and data.unlabeled_images.shape == (200, 8, 8, 1)
+    assert not set(data.split.unlabeled_indices) & set(data.split.train_indices)
+    batches = with_meta(data.train, data.meta, batch_size=32, unlabeled=data.unlabeled, seed=0)
+    (x, y), (x_meta, y_meta) = next(iter(batches))
+    assert x.shape == (32, 8, 8, 1) and x_meta.shape == (32, 8, 8, 1)
+    assert y.dtype == tf.int32 and y_meta.dtype == tf.int32
+    # One epoch covers every noisy and unlabeled batch once.
+    assert sum(1 for _ in batches) == (1437 - 50 - 200) // 32 + 200 // 32
+
+
+def test_no_noise_and_transition_matrix():
+    clean = load_noisy("digits", noise="none", meta_size=50)
+    np.testing.assert_array_equal(clean.train_noisy_labels, clean.train_clean_labels)
+    matrix = np.full((10, 10), 0.02) + np.eye(10) * 0.8
+    data = load_noisy("digits", noise="transition_matrix", transition_matrix=matrix, meta_size=50)
+    assert 0.1 < data.noise_rate < 0.3
+
+
+def test_fashion_mnist_from_a_user_folder(tmp_path):
+    written = dummy_data.write_fashion_mnist(tmp_path / "fashion")
+    data = load_noisy(
+        "fashion_mnist", noise="symmetric", rate=0.6, meta_size=500, seed=0,
+        data_dir=tmp_path / "fashion",
+    )
+    assert data.class_names[0] == "T-shirt/top" and data.image_shape == (28, 28, 1)
+    np.testing.assert_array_equal(
+        data.train_clean_labels, written["train_labels"][data.split.train_indices]
+    )
+    np.testing.assert_array_equal(data.test_labels, written["test_labels"])
+    np.testing.assert_allclose(data.test_images[..., 0], written["test_images"] / 255.0)
+    # After 50 meta images per class, the pool holds 100 per class: floor(100 * 0.6 / 9) = 6
+    # of them move to each other class.
+    assert dummy_data.TRAIN_PER_CLASS - 50 == 100
+    assert data.noise_report.confusion[0, 1] == 6
+
+
+def test_fashion_mnist_files_uncompressed(tmp_path):
+    folder = tmp_path / "raw"
+    dummy_data.write_fashion_mnist(folder)
+    import gzip
+
+    for path in list(folder.iterdir()):
+        path.with_suffix("").write_bytes(gzip.decompress(path.read_bytes()))
+        path.unlink()
+    source = sources.load_fashion_mnist(folder)
+    assert source.train_images.shape == (10 * dummy_data.TRAIN_PER_CLASS, 28, 28, 1)
+
+
+def test_missing_fashion_mnist_folder_says_how_to_get_the_files(tmp_path):
+    with pytest.raises(DatasetFilesNotFoundError) as error:
+        load_noisy("fashion_mnist", noise="symmetric", rate=0.4, data_dir=tmp_path / "nowhere")
+    message = str(error.value)
+    assert str(tmp_path / "nowhere") in message
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert "train-images-idx3-ubyte.gz" in message and "data_dir" in message
+
+
+def test_incomplete_fashion_mnist_folder_names_the_missing_file(tmp_path):
+    dummy_data.write_fashion_mnist(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DatasetFilesNotFoundError, match="without t10k-labels-idx1-ubyte.gz"):
+        load_noisy("fashion_mnist", noise="symmetric", rate=0.4, data_dir=tmp_path)
+
+
+def test_corrupt_idx_file(tmp_path):
+    dummy_data.write_fashion_mnist(tmp_path)
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    import gzip
+
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-5]))
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        sources.load_fashion_mnist(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"dataset": "mnist", "noise": "symmetric", "rate": 0.4}, ValueError,
+         "Expected one of 'fashion_mnist', 'digits'"),
+        ({"dataset": "digits", "noise": "salt", "rate": 0.4}, ValueError,
+         "Invalid value for argument `noise`"),
+        ({"dataset": "digits", "noise": "symmetric", "rate": 1.0}, ValueError,
+         r"rate=1.0. Expected a float in \[0, 1\)"),
+        ({"dataset": "digits", "noise": "symmetric", "rate": 0.4, "meta_size": 5}, ValueError,
+         "Expected at least the number of classes, 10"),
+        ({"dataset": "digits", "noise": "symmetric", "rate": 0.4, "meta_size": 5000},
+         ValueError, "Expected at most the size of the clean pool, 1437"),
+        ({"dataset": "digits", "noise": "symmetric", "rate": 0.4, "data_dir": "/tmp"},
+         ValueError, "it ships with scikit-learn"),
+    ],
+)
+def test_load_noisy_errors(kwargs, error, message):
+    dataset = kwargs.pop("dataset")
+    with pytest.raises(error, match=message):
+        load_noisy(dataset, **kwargs)
+
+
+def test_bad_rate_fails_before_any_work(tmp_path):
+    # The missing folder would raise too: the rate is checked first.
+    with pytest.raises(ValueError, match="Expected a float"):
+        load_noisy("fashion_mnist", noise="feature_dependent", rate=1.5, data_dir=tmp_path)
