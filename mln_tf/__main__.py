@@ -20,6 +20,7 @@ def build_parser():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     train.add_argument("--dataset", default=DEFAULTS.dataset, help="fashion_mnist or digits")
+    train.add_argument("--data-dir", default=None, help="folder of the original dataset files")
     train.add_argument("--noise", default=DEFAULTS.noise)
     train.add_argument("--rate", type=float, default=DEFAULTS.rate)
     train.add_argument("--meta-size", type=int, default=DEFAULTS.meta_size)
@@ -36,7 +37,8 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     settings = {
         field.name: getattr(args, field.name)
         for field in dataclasses.fields(TrainConfig)
@@ -44,9 +46,12 @@ def main(argv=None):
     }
     if args.quick:
         settings.update(stage1=1, stage2=2, max_train_examples=5000)
-    config = TrainConfig(**settings)
     out = args.out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    run(config, out)
+    try:
+        run(TrainConfig(**settings), out)
+    except (ValueError, TypeError, OSError) as error:
+        # Bad options and missing files: a one-line message, not a traceback.
+        parser.exit(2, f"mln-tf train: error: {error}\n")
     print(f"Results written to {out}", flush=True)
 
 

@@ -41,6 +41,8 @@ class TrainConfig:
         seed: int. Defaults to 0.
         jit_compile: bool or "auto". Defaults to "auto" (XLA on a GPU only).
         max_train_examples: optional int, to run on a subset. Defaults to `None`.
+        data_dir: optional str, the folder of the dataset's original files. Defaults to
+            `None` (Debian's folder for Fashion-MNIST).
     """
 
     dataset: str = "fashion_mnist"
@@ -57,6 +59,7 @@ class TrainConfig:
     seed: int = 0
     jit_compile: object = "auto"
     max_train_examples: int | None = None
+    data_dir: str | None = None
 
     def __post_init__(self):
         if not 0 <= self.stage1 < self.stage2:
@@ -121,6 +124,7 @@ def run(config, out_dir, verbose=1):
         rate=config.rate,
         meta_size=config.meta_size,
         seed=config.seed,
+        data_dir=config.data_dir,
     )
     _log(verbose, data.summary())
     train = data.train

@@ -52,3 +52,18 @@ def test_main_job_writes_its_files_and_reports_real_accuracies(tmp_path):
 def test_stages_must_be_ordered():
     with pytest.raises(ValueError, match="Received: stage1=3, stage2=3. Expected 0 <= stage1"):
         TrainConfig(stage1=3, stage2=3)
+
+
+def test_command_line_reports_a_missing_dataset_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "mln-tf train: error: Fashion-MNIST files not found" in message
+    assert "apt-get install dataset-fashion-mnist" in message
+
+
+def test_command_line_reports_an_unknown_noise(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--dataset", "digits", "--noise", "gaussian", "--out", str(tmp_path)])
+    assert "gaussian" in capsys.readouterr().err
