@@ -81,12 +81,17 @@ class EvaluateEachEpoch(keras.callbacks.Callback):
         super().__init__()
         self.classifier = classifier
         self.datasets = {"meta": meta, "test": test}
+        # The labels do not change: read them once.
+        self.labels = {
+            name: np.concatenate([y for _, y in dataset.as_numpy_iterator()])
+            for name, dataset in self.datasets.items()
+        }
 
     def on_epoch_end(self, epoch, logs=None):
         for name, dataset in self.datasets.items():
             logits = self.classifier.predict(dataset, verbose=0)
-            labels = np.concatenate([y for _, y in dataset.as_numpy_iterator()])
-            logs[f"{name}_accuracy"] = float(np.mean(np.argmax(logits, axis=1) == labels))
+            accuracy = np.mean(np.argmax(logits, axis=1) == self.labels[name])
+            logs[f"{name}_accuracy"] = float(accuracy)
 
 
 def build_classifier(config, data):
