@@ -289,6 +289,27 @@ class MetaLabelNet(keras.Model):
         callbacks = [*(callbacks or []), _StopOnInvalidStep()]
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
+    def refresh_feature_extractor(self):
+        """Copies the classifier's current weights into the frozen feature extractor.
+
+        The extractor is frozen at the end of warm-up. Call this after training the
+        classifier further (for example a warm-up run on `model.classifier`) to cut it
+        again from the current weights.
+
+        Raises:
+            ValueError: if the extractor was passed in as `feature_extractor=` rather than
+                cut from the classifier.
+        """
+        names = {layer.name for layer in self.classifier.layers}
+        for layer in self.feature_extractor.layers:
+            if layer.weights and layer.name not in names:
+                raise ValueError(
+                    f"The feature extractor's layer {layer.name!r} is not a layer of the "
+                    "classifier: only an extractor cut from the classifier can be refreshed."
+                )
+            if layer.weights:
+                layer.set_weights(self.classifier.get_layer(layer.name).get_weights())
+
     # Training
 
     def train_step(self, data):

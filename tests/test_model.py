@@ -213,6 +213,27 @@ def test_feature_extractor_is_a_frozen_copy():
     assert not np.allclose(warm(x).numpy(), model.feature_extractor(x).numpy())
 
 
+def test_refresh_feature_extractor_cuts_the_current_classifier():
+    classifier = bn_classifier()
+    model = compiled_model(classifier)
+    model.fit(batches_dataset([random_batch(s) for s in range(3)]), verbose=0)
+    model.refresh_feature_extractor()
+
+    x = random_batch(9)[0][0]
+    current = keras.Model(classifier.input, classifier.get_layer("features").output)
+    np.testing.assert_allclose(model.feature_extractor(x), current(x), rtol=1e-6, atol=1e-6)
+    assert model.feature_extractor.trainable_weights == []
+
+
+def test_refresh_feature_extractor_rejects_a_separate_extractor():
+    classifier = bn_classifier()
+    inputs = keras.Input((4,))
+    extractor = keras.Model(inputs, layers.Dense(5, name="other")(inputs))
+    model = mln_tf.MetaLabelNet(classifier, feature_extractor=extractor)
+    with pytest.raises(ValueError, match="layer 'other' is not a layer of the classifier"):
+        model.refresh_feature_extractor()
+
+
 # Errors
 
 
