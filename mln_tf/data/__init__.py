@@ -8,6 +8,7 @@ by index, never from a test split) and an optional unlabeled set D_u.
   model of `mln_tf.noise` at any rate, a meta set and an unlabeled set.
 - `load_cifar10_n`, `load_cifar100_n`, `load_controlled_noisy_web_labels`: real noisy
   datasets from TFDS, with a meta set carved out of their training split.
+- `split_validation`: a clean validation set held out of the meta set, for tuning.
 - `with_meta`, `preprocess`, `batched`: `tf.data` pipelines for `MetaLabelNet.fit`.
 - Importing this package registers the TFDS builders `noisy_fashion_mnist`,
   `noisy_digits` and `clothing1m`.
@@ -27,7 +28,13 @@ from mln_tf.data.adapters import (
     load_cifar100_n,
     load_controlled_noisy_web_labels,
 )
-from mln_tf.data.noisy_data import NoisyData, NoisySplit, load_noisy, make_noisy_split
+from mln_tf.data.noisy_data import (
+    NoisyData,
+    NoisySplit,
+    load_noisy,
+    make_noisy_split,
+    split_validation,
+)
 from mln_tf.data.pipeline import UNLABELED, with_meta
 from mln_tf.data.preprocessing import (
     batched,
@@ -70,5 +77,6 @@ __all__ = [
     "preprocess",
     "random_crop_and_flip",
     "split_meta",
+    "split_validation",
     "with_meta",
 ]

@@ -302,3 +302,73 @@ def array_dataset(images: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
 
 def _to_float(image):
     return tf.cast(image, tf.float32) / PIXEL_SCALE
+
+
+def split_validation(
+    data: NoisyData, validation_size: int, *, seed: int = 0
+) -> tuple[NoisyData, tf.data.Dataset]:
+    """Holds a clean validation set out of the meta set, for model or hyper-parameter selection.
+
+    The meta set teaches the label generator, so a score measured on it is biased in favour
+    of the settings that fit it best; the test split must stay unseen. The validation set is
+    therefore taken from the clean examples you own: `validation_size` of the meta set's
+    examples, class-balanced and drawn with the seed (`split_meta` on the meta labels), leave
+    the meta set. Load with `meta_size` = the meta size you want + `validation_size`.
+
+    Args:
+        data: `NoisyData`, from `load_noisy` or an adapter.
+        validation_size: int, the size V of the validation set, at least K and less than
+            the meta set's size.
+        seed: int, the seed of the draw. Defaults to 0.
+
+    Returns:
+        A tuple `(data, validation)`: a `NoisyData` whose meta set (`meta`, `meta_labels`,
+        `split.meta_indices`) lost the V examples, and a `tf.data.Dataset` of the V single
+        clean `(image, label)` examples, in the meta set's order.
+
+    Example:
+
+    >>> data = load_noisy("digits", noise="symmetric", rate=0.4, meta_size=150, seed=0)
+    >>> data, validation = split_validation(data, 50)
+    >>> data.meta_labels.size, int(validation.cardinality())
+    (100, 50)
+    """
+    meta_size = data.meta_labels.size
+    if (
+        not isinstance(validation_size, (int, np.integer))
+        or isinstance(validation_size, bool)
+        or not 0 < validation_size < meta_size
+    ):
+        raise ValueError(
+            "Invalid value for argument `validation_size`. Received: "
+            f"validation_size={validation_size!r}. Expected an integer in [1, {meta_size}), "
+            f"less than the meta set's size {meta_size}, so that some meta examples remain. "
+            "Load the data with a larger `meta_size` to hold out more."
+        )
+    # Within the meta set: `meta_indices` of this split become the validation set.
+    held_out = split_meta(
+        data.meta_labels,
+        meta_size=int(validation_size),
+        num_classes=data.num_classes,
+        seed=seed,
+    ).meta_indices
+    in_validation = np.zeros(meta_size, bool)
+    in_validation[held_out] = True
+    keep = np.flatnonzero(~in_validation)
+    mask = tf.constant(in_validation)
+
+    def select(wanted):
+        return (
+            data.meta.enumerate()
+            .filter(lambda index, example: tf.equal(tf.gather(mask, index), wanted))
+            .map(lambda index, example: example)
+            .apply(tf.data.experimental.assert_cardinality(int((in_validation == wanted).sum())))
+        )
+
+    remaining = dataclasses.replace(
+        data,
+        meta=select(False),
+        meta_labels=data.meta_labels[keep],
+        split=dataclasses.replace(data.split, meta_indices=data.split.meta_indices[keep]),
+    )
+    return remaining, select(True)

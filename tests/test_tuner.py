@@ -1,0 +1,196 @@
+"""Keras Tuner searches over MetaLabelNet, end to end on scikit-learn's digits."""
+
+import keras
+import keras_tuner as kt
+import numpy as np
+import pytest
+from keras import layers
+
+import mln_tf
+from mln_tf.tuner import MetaLabelNetHyperModel
+
+OBJECTIVE = kt.Objective("val_accuracy", "max")
+
+
+def tiny_classifier(num_classes, input_shape):
+    inputs = keras.Input(input_shape)
+    x = layers.Flatten()(inputs)
+    x = layers.Dense(32, activation="relu", name="features")(x)
+    return keras.Model(inputs, layers.Dense(num_classes)(x))
+
+
+class CountingHyperModel(MetaLabelNetHyperModel):
+    """Records the trials whose warm-up ran."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.warmed_up = []
+
+    def fit(self, hp, model, *args, **kwargs):
+        self.current = dict(hp.values)
+        return super().fit(hp, model, *args, **kwargs)
+
+    def warm_up(self, model, x, **kwargs):
+        self.warmed_up.append(self.current)
+        return super().warm_up(model, x, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = mln_tf.data.load_noisy("digits", noise="symmetric", rate=0.4, meta_size=200, seed=0)
+    data, validation = mln_tf.data.split_validation(data, 100, seed=0)
+    # 10 batches an epoch keep each trial to a few seconds.
+    train = mln_tf.data.with_meta(data.train, data.meta, batch_size=64, seed=0).take(10)
+    return data, train, mln_tf.data.batched(validation, 256)
+
+
+def hypermodel(data, cls=MetaLabelNetHyperModel, **kwargs):
+    kwargs.setdefault("warmup_epochs", (1, 2))
+    return cls(
+        data.num_classes,
+        data.image_shape,
+        classifier_builder=tiny_classifier,
+        learning_rate=0.1,
+        seed=0,
+        **kwargs,
+    )
+
+
+def validation_accuracy(model, validation):
+    """Accuracy of the classifier's argmax, computed outside Keras' metrics."""
+    images = np.concatenate([x.numpy() for x, _ in validation])
+    labels = np.concatenate([y.numpy() for _, y in validation])
+    logits = model.predict(images, verbose=0)
+    assert logits.shape == (labels.size, 10)
+    return float(np.mean(np.argmax(logits, axis=1) == labels))
+
+
+def test_random_search_runs_two_trials_and_best_model_reloads(digits, tmp_path):
+    data, train, validation = digits
+    tuner = kt.RandomSearch(
+        hypermodel(data), objective=OBJECTIVE, max_trials=2, seed=1,
+        directory=tmp_path, project_name="random",
+    )
+    tuner.search(train, validation_data=validation, epochs=2, verbose=0)
+
+    trials = tuner.oracle.get_best_trials(2)
+    assert [t.status for t in trials] == ["COMPLETED", "COMPLETED"]
+    values = [t.hyperparameters.values for t in trials]
+    assert values[0] != values[1]
+    for value in values:
+        assert set(value) == {
+            "generator_learning_rate", "virtual_lr", "warmup_epochs", "entropy_weight"
+        }
+    best_model = tuner.get_best_models(1)[0]
+    assert isinstance(best_model, mln_tf.MetaLabelNet)
+    # The recorded objective is the reloaded best model's accuracy on the validation set.
+    accuracy = validation_accuracy(best_model, validation)
+    assert trials[0].score == pytest.approx(accuracy, abs=1e-6)
+    assert accuracy > 0.3  # well above chance (0.1), after 3 or 4 short epochs
+    assert best_model.evaluate(validation, verbose=0, return_dict=True)["accuracy"] == (
+        pytest.approx(accuracy, abs=1e-6)
+    )
+
+
+def test_hyperband_counts_meta_epochs_and_does_not_warm_up_resumed_trials(digits, tmp_path):
+    data, train, validation = digits
+    counting = hypermodel(data, cls=CountingHyperModel, warmup_epochs=1)
+    tuner = kt.Hyperband(
+        counting, objective=OBJECTIVE, max_epochs=2, factor=2, seed=0,
+        directory=tmp_path, project_name="hyperband",
+    )
+    # The first bracket: two 1-epoch trials, then the better one continued to epoch 2.
+    tuner.oracle.max_trials = 3
+    tuner.search(train, validation_data=validation, verbose=0)
+
+    trials = list(tuner.oracle.trials.values())
+    resumed = [t for t in trials if "tuner/trial_id" in t.hyperparameters.values]
+    assert resumed, "Hyperband should continue at least one earlier trial"
+    assert len(counting.warmed_up) == len(trials) - len(resumed)
+    assert all("tuner/trial_id" not in values for values in counting.warmed_up)
+    for trial in trials:
+        assert trial.status == "COMPLETED"
+        assert 0.0 <= trial.score <= 1.0
+    # The best trial's score is its reloaded model's validation accuracy.
+    best_trial = tuner.oracle.get_best_trials(1)[0]
+    best_model = tuner.get_best_models(1)[0]
+    assert best_trial.score == pytest.approx(validation_accuracy(best_model, validation), abs=1e-6)
+
+
+def test_bayesian_optimization_records_validation_accuracy(digits, tmp_path):
+    data, train, validation = digits
+    tuner = kt.BayesianOptimization(
+        hypermodel(data, warmup_epochs=1), objective=OBJECTIVE, max_trials=2,
+        num_initial_points=1, seed=0, directory=tmp_path, project_name="bayes",
+    )
+    tuner.search(train, validation_data=validation, epochs=1, verbose=0)
+
+    trials = tuner.oracle.get_best_trials(2)
+    assert len(trials) == 2
+    best_model = tuner.get_best_models(1)[0]
+    assert trials[0].score == pytest.approx(validation_accuracy(best_model, validation), abs=1e-6)
+
+
+def test_fixed_values_are_not_searched():
+    model = hypermodel(
+        _FakeData(), generator_learning_rate=0.02, virtual_lr=0.5, warmup_epochs=3,
+        entropy_weight=0.0,
+    )
+    hp = kt.HyperParameters()
+    built = model.build(hp)
+    assert hp.values == {
+        "generator_learning_rate": 0.02, "virtual_lr": 0.5, "warmup_epochs": 3,
+        "entropy_weight": 0.0,
+    }
+    assert built.virtual_lr == 0.5 and built.entropy_weight == 0.0
+    assert float(built.generator_optimizer.learning_rate) == pytest.approx(0.02)
+    assert built.optimizer.built and built.compiled
+
+
+class _FakeData:
+    num_classes = 10
+    image_shape = (8, 8, 1)
+
+
+def test_wrong_class_count_is_a_fatal_error_naming_it(digits, tmp_path):
+    data, train, validation = digits
+    wrong = MetaLabelNetHyperModel(
+        5, data.image_shape, classifier_builder=tiny_classifier, warmup_epochs=1
+    )
+    tuner = kt.RandomSearch(
+        wrong, objective=OBJECTIVE, max_trials=1, directory=tmp_path, project_name="wrong"
+    )
+    with pytest.raises(kt.errors.FatalValueError, match=r"outside \[0, 5\).*num_classes=5"):
+        tuner.search(train, validation_data=validation, epochs=1, verbose=0)
+
+
+def test_validation_data_is_required_and_not_empty(digits):
+    data, train, validation = digits
+    model_builder = hypermodel(data, warmup_epochs=1)
+    hp = kt.HyperParameters()
+    model = model_builder.build(hp)
+    with pytest.raises(ValueError, match="`validation_data`. Received: None"):
+        model_builder.fit(hp, model, train)
+    with pytest.raises(ValueError, match="the dataset is empty"):
+        model_builder.fit(hp, model, train, validation_data=validation.take(0))
+    with pytest.raises(TypeError, match="Expected a `tf.data.Dataset`"):
+        model_builder.fit(hp, model, train, validation_data=(np.zeros((2, 8, 8, 1)), [0, 1]))
+    with pytest.raises(ValueError, match=r"examples of shape \(8, 1\).*input_shape=\(8, 8, 1\)"):
+        model_builder.fit(hp, model, train, validation_data=validation.unbatch())
+    with pytest.raises(ValueError, match=r"Expected `\(\(x, y\), \(x_meta, y_meta\)\)`"):
+        model_builder.fit(hp, model, validation, validation_data=validation)
+
+
+@pytest.mark.parametrize(
+    "argument, value, message",
+    [
+        ("virtual_lr", -1.0, r"virtual_lr=-1.0. Expected a number greater than 0.0"),
+        ("generator_learning_rate", (0.1, 0.01), r"generator_learning_rate=\(0.1, 0.01\).*<"),
+        ("warmup_epochs", 0, r"warmup_epochs=0. Expected an integer at least 1"),
+        ("entropy_weight", "high", r"entropy_weight='high'"),
+    ],
+)
+def test_invalid_search_space_is_rejected(argument, value, message):
+    prefix = f"Invalid value for argument `{argument}`. Received: "
+    with pytest.raises(ValueError, match=prefix + message):
+        MetaLabelNetHyperModel(10, (8, 8, 1), **{argument: value})
