@@ -47,8 +47,8 @@ def build_parser():
         f"(default: {DEFAULTS.learning_rates[0]})")  # fmt: skip
     add("--lr-boundaries", dest="lr_boundaries", type=int, nargs="*",
         help="0-based epochs where the next learning rate starts (default: none)")  # fmt: skip
-    add("--generator-lr", dest="generator_learning_rate", type=float,  # the generator's lr
-        help=f"β (default: {DEFAULTS.generator_learning_rate})")  # fmt: skip
+    add("--generator-lr", dest="generator_learning_rate", type=float,
+        help=f"β, the generator's rate (default: {DEFAULTS.generator_learning_rate})")  # fmt: skip
     add("--virtual-lr", dest="virtual_lr", type=float,
         help=f"α, the virtual step size (default: {DEFAULTS.virtual_lr})")  # fmt: skip
     add("--entropy-weight", dest="entropy_weight", type=float,
