@@ -1,6 +1,7 @@
 """The main job end to end on scikit-learn's digits: outputs, cache, resume and errors."""
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image
 
 import mln_tf
-from mln_tf.__main__ import build_parser, config_from_args, main
+from mln_tf.__main__ import build_parser, config_from_args, default_out_dir, main
 from mln_tf.train import PRESETS, TrainConfig
 
 DIGITS = ["--dataset", "digits", "--noise", "pair", "--rate", "0.45", "--meta-size", "100",
@@ -245,3 +246,22 @@ def test_command_line_reports_a_missing_dataset_folder(tmp_path, capsys):
     message = capsys.readouterr().err
     assert "mln-tf train: error: Fashion-MNIST files not found" in message
     assert "apt-get install dataset-fashion-mnist" in message
+
+
+def test_without_out_the_latest_unfinished_run_with_the_same_settings_resumes(tmp_path):
+    config = TrainConfig(dataset="digits", noise="symmetric", rate=0.2)
+    settings = json.loads(json.dumps(dataclasses.asdict(config)))
+    other = {**settings, "rate": 0.3}
+    for name, folder_settings, finished in [
+        ("20260101-000000", settings, False),
+        ("20260102-000000", settings, True),
+        ("20260103-000000", other, False),
+    ]:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(folder_settings))
+        if finished:
+            (folder / "results.json").write_text("{}")
+    assert default_out_dir(config, tmp_path) == str(tmp_path / "20260101-000000")
+    fresh = default_out_dir(TrainConfig(dataset="digits", noise="pair", rate=0.2), tmp_path)
+    assert os.path.dirname(fresh) == str(tmp_path) and not os.path.exists(fresh)
