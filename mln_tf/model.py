@@ -268,8 +268,7 @@ class MetaLabelNet(keras.Model):
                 state.assign(store[key])
 
     def _random_states(self):
-        weights = {id(variable) for variable in self.classifier.weights}
-        return [v for v in self.classifier.non_trainable_variables if id(v) not in weights]
+        return random_state_variables(self.classifier)
 
     @property
     def metrics(self):
@@ -496,6 +495,19 @@ class _StopOnInvalidStep(keras.callbacks.Callback):
                 "before it. Lower the learning rates or the virtual step `virtual_lr`, and check "
                 "the inputs for NaN values."
             )
+
+
+def random_state_variables(model):
+    """The random-generator states of a model (dropout seeds), which `save_weights` skips.
+
+    Args:
+        model: a `keras.Model`.
+
+    Returns:
+        A list of the model's non-trainable variables that are not among its weights.
+    """
+    weights = {id(variable) for variable in model.weights}
+    return [v for v in model.non_trainable_variables if id(v) not in weights]
 
 
 def _check_classifier(classifier):

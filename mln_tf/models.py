@@ -86,7 +86,7 @@ def cifar10_cnn(num_classes=10, input_shape=(32, 32, 3), name="cifar10_cnn"):
 
 
 def resnet50(num_classes, input_shape=(224, 224, 3), weights=None, name="resnet50"):
-    """ResNet-50 from `keras.applications` with a fresh C-way head.
+    """ResNet-50 from `keras.applications` with a fresh C-way head (Clothing1M, Food-101N).
 
     Nothing is downloaded: pass `weights=None` for random initialisation, or the path of a
     weights file you already have (for example ImageNet weights of
@@ -107,6 +107,79 @@ def resnet50(num_classes, input_shape=(224, 224, 3), weights=None, name="resnet5
     >>> resnet50(num_classes=14, input_shape=(64, 64, 3)).output_shape
     (None, 14)
     """
+    return _application(keras.applications.ResNet50, num_classes, input_shape, weights, name)
+
+
+def inception_resnet_v2(
+    num_classes, input_shape=(299, 299, 3), weights=None, name="inception_resnet_v2"
+):
+    """InceptionResNetV2 from `keras.applications` with a fresh C-way head (WebVision).
+
+    Nothing is downloaded; `weights` works as in `resnet50`.
+
+    Args:
+        num_classes: int, the number of classes C.
+        input_shape: tuple, the image shape, at least 75×75. Defaults to `(299, 299, 3)`.
+        weights: `None` or the path of a `.weights.h5` file for the backbone
+            (`include_top=False`). Defaults to `None`.
+        name: str, the model name. Defaults to `"inception_resnet_v2"`.
+
+    Returns:
+        A built `keras.Model` whose global-average-pool layer is named `features`.
+
+    Example:
+
+    >>> inception_resnet_v2(num_classes=50, input_shape=(75, 75, 3)).output_shape
+    (None, 50)
+    """
+    return _application(
+        keras.applications.InceptionResNetV2, num_classes, input_shape, weights, name
+    )
+
+
+ARCHITECTURES = {
+    "fashion_cnn": fashion_cnn,
+    "cifar10_cnn": cifar10_cnn,
+    "resnet50": resnet50,
+    "inception_resnet_v2": inception_resnet_v2,
+}
+
+
+def build(architecture, num_classes, input_shape, weights=None):
+    """Builds one of `ARCHITECTURES` by name.
+
+    Args:
+        architecture: str, a key of `ARCHITECTURES`.
+        num_classes: int, the number of classes C.
+        input_shape: tuple, the image shape.
+        weights: optional path of backbone weights (ResNet-50 and InceptionResNetV2 only).
+            Defaults to `None`.
+
+    Returns:
+        A built `keras.Model` that outputs logits, with a `features` layer.
+
+    Example:
+
+    >>> build("fashion_cnn", 10, (28, 28, 1)).output_shape
+    (None, 10)
+    """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(
+            f"Invalid value for argument `architecture`. Received: architecture={architecture!r}."
+            f" Expected one of {', '.join(repr(name) for name in ARCHITECTURES)}."
+        )
+    builder = ARCHITECTURES[architecture]
+    if weights is not None:
+        if architecture not in ("resnet50", "inception_resnet_v2"):
+            raise ValueError(
+                f"The architecture {architecture!r} is trained from scratch: it takes no "
+                f"`weights`. Received: weights={weights!r}."
+            )
+        return builder(num_classes, input_shape=tuple(input_shape), weights=weights)
+    return builder(num_classes, input_shape=tuple(input_shape))
+
+
+def _application(application, num_classes, input_shape, weights, name):
     _check_num_classes(num_classes)
     if weights is not None and not os.path.isfile(weights):
         raise ValueError(
@@ -114,7 +187,7 @@ def resnet50(num_classes, input_shape=(224, 224, 3), weights=None, name="resnet5
             "Expected None or the path of an existing weights file; mln_tf never downloads "
             "weights at run time."
         )
-    backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=input_shape)
+    backbone = application(include_top=False, weights=None, input_shape=input_shape)
     if weights is not None:
         backbone.load_weights(weights)
     inputs = keras.Input(input_shape, name="image")

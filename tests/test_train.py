@@ -1,57 +1,242 @@
-"""The main job end to end, on scikit-learn's digits."""
+"""The main job end to end on scikit-learn's digits: outputs, cache, resume and errors."""
 
 import csv
+import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 import mln_tf
-from mln_tf.__main__ import main
-from mln_tf.train import TrainConfig
+from mln_tf.__main__ import build_parser, config_from_args, default_out_dir, main
+from mln_tf.train import PRESETS, TrainConfig
+
+DIGITS = ["--dataset", "digits", "--noise", "pair", "--rate", "0.45", "--meta-size", "100",
+          "--batch-size", "32", "--deterministic"]  # fmt: skip
+# Learning rate 0.05 for epochs 1-2, then 0.02: checks the schedule on the way.
+FULL = [*DIGITS, "--stage1", "1", "--stage2", "4", "--learning-rate", "0.05", "0.02",
+        "--lr-boundaries", "2", "--baselines", "--with-clean-reference"]  # fmt: skip
+METHODS = {"cross_entropy", "meta_label_net", "symmetric_cross_entropy",
+           "generalized_cross_entropy", "soft_bootstrapping", "forward_correction",
+           "clean_reference"}  # fmt: skip
 
 
-def test_main_job_writes_its_files_and_reports_real_accuracies(tmp_path):
-    out = tmp_path / "run"
-    main(["train", "--dataset", "digits", "--noise", "symmetric", "--rate", "0.4",
-          "--meta-size", "100", "--stage1", "1", "--stage2", "3", "--batch-size", "32",
-          "--out", str(out)])  # fmt: skip
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache")
+    previous = os.environ.get("MLN_TF_CACHE_DIR")
+    os.environ["MLN_TF_CACHE_DIR"] = str(path)
+    yield path
+    if previous is None:
+        del os.environ["MLN_TF_CACHE_DIR"]
+    else:
+        os.environ["MLN_TF_CACHE_DIR"] = previous
 
-    config = json.loads((out / "config.json").read_text())
-    assert config["dataset"] == "digits" and config["rate"] == 0.4 and config["stage2"] == 3
-    results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == {"cross_entropy", "meta_label_net"}
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("runs") / "uninterrupted"
+    main(["train", *FULL, "--out", str(out)])
+    return out
+
+
+def _results(out):
+    return json.loads((out / "results.json").read_text())
+
+
+def _history(out):
     with open(out / "history.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [(r["method"], r["epoch"]) for r in rows] == [
-        ("cross_entropy", "2"), ("cross_entropy", "3"),
-        ("meta_label_net", "2"), ("meta_label_net", "3"),
+        return list(csv.DictReader(f))
+
+
+def test_main_job_writes_its_files_and_reports_real_accuracies(finished_run):
+    out = finished_run
+    config = json.loads((out / "config.json").read_text())
+    assert config["dataset"] == "digits" and config["rate"] == 0.45 and config["stage2"] == 4
+    results = _results(out)
+    assert set(results["methods"]) == METHODS
+    assert results["model_selection"] == "best accuracy on the clean meta set"
+    rows = _history(out)
+    assert [(r["method"], r["epoch"]) for r in rows[:4]] == [
+        ("warm_up", "1"), ("cross_entropy", "2"), ("cross_entropy", "3"), ("cross_entropy", "4"),
     ]  # fmt: skip
+    assert [r["epoch"] for r in rows if r["method"] == "clean_reference"] == ["1", "2", "3", "4"]
 
     # The reported final test accuracy is the saved model's, measured again here.
-    data = mln_tf.data.load_noisy("digits", noise="symmetric", rate=0.4, meta_size=100, seed=0)
+    data = mln_tf.data.load_noisy("digits", noise="pair", rate=0.45, meta_size=100, seed=0)
     model = keras.models.load_model(out / "meta_label_net.keras")
     logits = model.predict(data.test_images, verbose=0)
     accuracy = np.mean(np.argmax(logits, axis=1) == data.test_labels)
-    final = results["methods"]["meta_label_net"]["test_accuracy_final"]
-    assert final == pytest.approx(accuracy, abs=1e-6)
-    assert float(rows[-1]["test_accuracy"]) == pytest.approx(accuracy, abs=1e-5)
+    mln = results["methods"]["meta_label_net"]
+    assert mln["test_accuracy_final"] == pytest.approx(accuracy, abs=1e-6)
+    # The classifier's optimizer continued from the warm-up and was saved with the model.
+    steps_per_epoch = data.split.train_indices.size // 32
+    assert int(model.optimizer.iterations) == 4 * steps_per_epoch
     assert results["noise_rate"] == pytest.approx(data.noise_rate)
 
+    # Selection: the epoch of the best meta accuracy, read back from the history.
+    mln_rows = [r for r in rows if r["method"] == "meta_label_net"]
+    best = max(mln_rows, key=lambda r: float(r["meta_accuracy"]))
+    assert mln["best_epoch"] == int(best["epoch"])
+    assert mln["test_accuracy_best_on_meta"] == pytest.approx(float(best["test_accuracy"]))
+
     report = (out / "report.md").read_text()
-    mln = results["methods"]["meta_label_net"]
-    row = (
-        f"| meta_label_net | {100 * mln['test_accuracy_best_on_meta']:.2f} | "
-        f"{mln['best_epoch']} | {100 * final:.2f} |"
-    )
-    assert row in report
-    assert "best accuracy on the clean meta set" in report
+    assert (
+        f"| MetaLabelNet | {100 * mln['test_accuracy_best_on_meta']:.2f} | "
+        f"{mln['best_epoch']} | {100 * mln['test_accuracy_final']:.2f} |"
+    ) in report
+    assert "| cross-entropy on the true labels (reference) |" in report
+    assert "the epoch with the best accuracy on the clean meta set" in report
 
 
-def test_stages_must_be_ordered():
-    with pytest.raises(ValueError, match="Received: stage1=3, stage2=3. Expected 0 <= stage1"):
-        TrainConfig(stage1=3, stage2=3)
+def test_learning_rate_follows_the_schedule(finished_run):
+    rates = {(r["method"], r["epoch"]): float(r["learning_rate"]) for r in _history(finished_run)}
+    assert rates[("warm_up", "1")] == pytest.approx(0.05)
+    assert rates[("cross_entropy", "2")] == pytest.approx(0.05)
+    assert rates[("meta_label_net", "3")] == pytest.approx(0.02)
+    assert rates[("clean_reference", "4")] == pytest.approx(0.02)
+
+
+def test_label_correction_is_measured_on_the_wrong_labels(finished_run):
+    correction = _results(finished_run)["label_correction"]
+    assert correction["epochs"] == [1, 2, 3, 4]
+    # Recompute the last value from the saved generator and extractor.
+    data = mln_tf.data.load_noisy("digits", noise="pair", rate=0.45, meta_size=100, seed=0)
+    model = keras.models.load_model(finished_run / "meta_label_net.keras")
+    wrong = ~data.train_label_is_correct
+    soft_labels = model.label_generator(model.feature_extractor(data.train_images[wrong]))
+    expected = np.mean(np.argmax(soft_labels, axis=1) == data.train_clean_labels[wrong])
+    assert correction["fraction"][-1] == pytest.approx(expected, abs=1e-6)
+
+
+def test_plots_are_written(finished_run):
+    for name in ("test_accuracy.png", "confusion_matrix.png", "label_correction.png"):
+        with Image.open(finished_run / name) as image:
+            assert image.format == "PNG" and image.width > 300 and image.height > 200
+            # Not a blank canvas.
+            assert len(set(image.convert("L").getdata())) > 10
+
+
+def test_confusion_matrix_counts_the_selected_epoch(finished_run):
+    results = _results(finished_run)
+    epoch = results["methods"]["cross_entropy"]["best_epoch"]
+    predictions = np.load(finished_run / "stages" / "cross_entropy" /
+                          f"test_predictions_epoch{epoch}.npy")  # fmt: skip
+    data = mln_tf.data.load_noisy("digits", noise="pair", rate=0.45, meta_size=100, seed=0)
+    accuracy = np.mean(predictions == data.test_labels)
+    assert accuracy == pytest.approx(results["methods"]["cross_entropy"]
+                                     ["test_accuracy_best_on_meta"])  # fmt: skip
+
+
+def test_warm_up_is_cached_and_shared(finished_run, tmp_path, cache_dir):
+    # Stage 2 longer: the warm-up's settings are the same, so it comes from the cache.
+    out = tmp_path / "longer"
+    main(["train", *DIGITS, "--stage1", "1", "--stage2", "2", "--learning-rate", "0.05",
+          "0.02", "--lr-boundaries", "2", "--out", str(out)])  # fmt: skip
+    results = _results(out)
+    assert results["warm_up"]["cached"] is True
+    assert _results(finished_run)["warm_up"]["cached"] is False
+    assert results["warm_up"]["test_accuracy"] == _results(finished_run)["warm_up"]["test_accuracy"]
+    # Same warm-up and batch order: the first stage-2 epoch of cross-entropy is identical.
+    first = {r["method"]: r for r in _history(finished_run) if r["epoch"] == "2"}
+    again = {r["method"]: r for r in _history(out) if r["epoch"] == "2"}
+    assert again["cross_entropy"]["test_accuracy"] == first["cross_entropy"]["test_accuracy"]
+    assert "(reused from the cache)" in (out / "report.md").read_text()
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_result(finished_run, tmp_path, cache_dir):
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "mln_tf", "train", *FULL, "--out", str(out)]
+    state = out / "stages" / "meta_label_net" / "state.json"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "MLN_TF_CACHE_DIR": str(cache_dir)})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    # Killed in the middle of MetaLabelNet's stage 2.
+    assert json.loads(state.read_text())["epoch"] < 4
+    assert not (out / "results.json").exists()
+
+    main(["train", *FULL, "--out", str(out)])
+    resumed, uninterrupted = _results(out), _results(finished_run)
+    for method in METHODS:
+        for key in ("test_accuracy_best_on_meta", "best_epoch", "test_accuracy_final"):
+            assert resumed["methods"][method][key] == uninterrupted["methods"][method][key]
+    weights = keras.models.load_model(out / "meta_label_net.keras").get_weights()
+    expected = keras.models.load_model(finished_run / "meta_label_net.keras").get_weights()
+    for got, want in zip(weights, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_run_directory_keeps_its_settings(finished_run, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", *DIGITS, "--stage1", "1", "--stage2", "4", "--out", str(finished_run)])
+    message = capsys.readouterr().err
+    assert "holds a run with other settings (they differ in: baselines, clean_reference" in message
+
+
+def test_presets_hold_the_papers_hyper_parameters():
+    config = config_from_args(build_parser().parse_args(["train", "--preset", "cifar10"]))
+    assert (config.architecture, config.batch_size, config.stage1, config.stage2) == (
+        "cifar10_cnn", 128, 44, 120
+    )  # fmt: skip
+    assert [config.learning_rate(epoch) for epoch in (0, 39, 40, 79, 80, 119)] == [
+        1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 1e-4
+    ]  # fmt: skip
+    assert (config.generator_learning_rate, config.meta_size) == (1e-2, 5000)
+    clothing = TrainConfig.from_preset("clothing1m", dataset="digits", noise="symmetric")
+    assert (clothing.architecture, clothing.batch_size, clothing.stage1, clothing.stage2) == (
+        "resnet50", 32, 1, 10
+    )  # fmt: skip
+    assert [clothing.learning_rate(epoch) for epoch in (4, 5, 9)] == [1e-3, 1e-4, 1e-4]
+    assert set(PRESETS) == {"cifar10", "clothing1m", "food101n", "webvision"}
+    food = TrainConfig.from_preset("food101n", dataset="digits", noise="symmetric")
+    assert food.meta_size == 10000
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--dataset", "mnist"], "Received: dataset='mnist'. Expected one of 'fashion_mnist'"),
+        (["--preset", "webvision"], "'webvision' has the paper's hyper-parameters as a preset, "
+                                    "but mln_tf has no loader for it yet"),  # fmt: skip
+        (["--dataset", "digits", "--noise", "gaussian"], "gaussian"),
+        (["--dataset", "digits", "--rate", "1.0"], "Received: rate=1.0"),
+        (["--dataset", "digits", "--rate", "-0.1"], "Received: rate=-0.1"),
+        (["--dataset", "digits", "--meta-size", "5"], "at least the number of classes, 10"),
+        (["--dataset", "digits", "--meta-size", "5000"], "Expected at most the size of the clean"),
+        (["--stage1", "3", "--stage2", "3"], "Received: stage1=3, stage2=3"),
+        (["--epochs", "5", "--stage2", "6"], "--epochs 5 and --stage2 6 disagree"),
+        (["--learning-rate", "0.1", "0.01"], "Expected increasing boundaries and one more rate"),
+        (["--architecture", "vgg"], "Received: architecture='vgg'"),
+    ],
+)
+def test_command_line_errors_name_the_problem(options, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *options, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("mln-tf train: error: ")
+    assert message in error
+
+
+def test_command_line_reports_an_unwritable_output_directory(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit):
+        main(["train", "--dataset", "digits", "--out", str(blocker / "out")])
+    assert "Cannot write to the output directory" in capsys.readouterr().err
 
 
 def test_command_line_reports_a_missing_dataset_folder(tmp_path, capsys):
@@ -63,7 +248,20 @@ def test_command_line_reports_a_missing_dataset_folder(tmp_path, capsys):
     assert "apt-get install dataset-fashion-mnist" in message
 
 
-def test_command_line_reports_an_unknown_noise(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["train", "--dataset", "digits", "--noise", "gaussian", "--out", str(tmp_path)])
-    assert "gaussian" in capsys.readouterr().err
+def test_without_out_the_latest_unfinished_run_with_the_same_settings_resumes(tmp_path):
+    config = TrainConfig(dataset="digits", noise="symmetric", rate=0.2)
+    settings = json.loads(json.dumps(dataclasses.asdict(config)))
+    other = {**settings, "rate": 0.3}
+    for name, folder_settings, finished in [
+        ("20260101-000000", settings, False),
+        ("20260102-000000", settings, True),
+        ("20260103-000000", other, False),
+    ]:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(folder_settings))
+        if finished:
+            (folder / "results.json").write_text("{}")
+    assert default_out_dir(config, tmp_path) == str(tmp_path / "20260101-000000")
+    fresh = default_out_dir(TrainConfig(dataset="digits", noise="pair", rate=0.2), tmp_path)
+    assert os.path.dirname(fresh) == str(tmp_path) and not os.path.exists(fresh)

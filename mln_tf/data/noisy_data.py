@@ -96,6 +96,13 @@ class NoisyData:
         return self._images(self.split.train_indices)
 
     @property
+    def train_clean(self) -> tf.data.Dataset:
+        """`train` with its true labels instead of the noisy ones: for reference runs only."""
+        self._require_source("train_clean")
+        images = self.source.train_images[self.split.train_indices]
+        return array_dataset(images, self.train_clean_labels)
+
+    @property
     def meta_images(self) -> np.ndarray:
         """float32 images of `meta`, in its order (a new array on each access)."""
         return self._images(self.split.meta_indices)

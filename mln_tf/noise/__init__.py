@@ -29,7 +29,7 @@ from mln_tf.noise.probabilities import CACHE_DIR_ENV, class_probabilities, defau
 from mln_tf.noise.registry import NOISE_TYPES, apply_noise, check_noise, check_noise_arguments
 from mln_tf.noise.report import NoiseReport, NoisyLabels, noise_report
 from mln_tf.noise.symmetric import symmetric_noise, symmetric_uniform_noise
-from mln_tf.noise.transition import transition_matrix_noise
+from mln_tf.noise.transition import estimate_transition_matrix, transition_matrix_noise
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -44,6 +44,7 @@ __all__ = [
     "class_flip_noise",
     "class_probabilities",
     "default_cache_dir",
+    "estimate_transition_matrix",
     "feature_dependent_noise",
     "noise_report",
     "pair_noise",

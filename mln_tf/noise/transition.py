@@ -1,4 +1,4 @@
-"""Label noise drawn from any user-given transition matrix."""
+"""Label noise drawn from any user-given transition matrix, and its estimation."""
 
 from __future__ import annotations
 
@@ -49,3 +49,57 @@ def transition_matrix_noise(labels, transition_matrix, *, seed: int = 0):
         labels, noisy, num_classes=num_classes, noise="transition_matrix", rate=expected_rate
     )
     return NoisyLabels(noisy, report)
+
+
+# Patrini et al. take the 97th percentile rather than the maximum, to skip outliers.
+ANCHOR_PERCENTILE = 97.0
+
+
+def estimate_transition_matrix(probabilities, *, percentile: float = ANCHOR_PERCENTILE):
+    """Estimates the noise transition matrix from a classifier trained on noisy labels.
+
+    The estimator of Patrini et al. (CVPR 2017): for each class i, the anchor example is
+    the one whose predicted probability of i sits at the given percentile over all
+    examples (an almost certain member of i); row i of T is that example's predicted
+    noisy-label distribution.
+
+    Args:
+        probabilities: array-like of shape `(N, K)`, the softmax outputs of a classifier
+            trained on the noisy labels, on the (noisy) training set.
+        percentile: float in (0, 100], where to pick the anchor in each class's
+            probabilities; 100 takes the maximum. Defaults to 97.
+
+    Returns:
+        A `(K, K)` float64 row-stochastic array, `T[i, j] ≈ P(noisy j | true i)`.
+
+    Example:
+
+    >>> p = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    >>> estimate_transition_matrix(p, percentile=100).round(2).tolist()
+    [[0.9, 0.1], [0.2, 0.8]]
+    """
+    probabilities = np.asarray(probabilities, dtype="float64")
+    if probabilities.ndim != 2 or probabilities.shape[0] == 0 or probabilities.shape[1] < 2:
+        raise ValueError(
+            "Invalid value for argument `probabilities`. Received: an array of shape "
+            f"{probabilities.shape}. Expected shape (N, K) with N >= 1 and K >= 2."
+        )
+    if not np.all(np.isfinite(probabilities)) or np.any(probabilities < 0):
+        raise ValueError(
+            "Invalid value for argument `probabilities`. Expected finite, non-negative "
+            "probabilities (softmax outputs, not logits)."
+        )
+    if not 0 < percentile <= 100:
+        raise ValueError(
+            f"Invalid value for argument `percentile`. Received: percentile={percentile!r}. "
+            "Expected a float in (0, 100]."
+        )
+    num_classes = probabilities.shape[1]
+    matrix = np.empty((num_classes, num_classes))
+    for i in range(num_classes):
+        column = probabilities[:, i]
+        threshold = np.percentile(column, percentile, method="lower")
+        # Of the examples at the threshold, the first: deterministic for ties.
+        anchor = int(np.flatnonzero(column == threshold)[0])
+        matrix[i] = probabilities[anchor]
+    return matrix / matrix.sum(axis=1, keepdims=True)

@@ -1,0 +1,155 @@
+"""Runs the main job over a grid of noise settings and seeds, and tabulates test accuracy.
+
+Each cell of the grid is one `mln_tf.train.run` in its own folder under `--out`, so an
+interrupted grid resumes: finished cells are read back, unfinished ones resume from their
+last epoch. The table gives, per setting and method, the mean and the spread (sample
+standard deviation, and min–max) over seeds of the best-on-meta test accuracy.
+
+Usage:
+
+    python benchmarks/accuracy.py --settings feature_dependent:0.4 symmetric:0.4 \\
+        --seeds 0 1 --out benchmarks/results/accuracy
+    python benchmarks/accuracy.py --settings symmetric:0.4 --seeds 0 1 \\
+        --set virtual_lr=0.5 --out benchmarks/results/alpha_0.5   # an ablation
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from mln_tf import train  # noqa: E402
+from mln_tf.report import METHOD_NAMES  # noqa: E402
+
+DEFAULT_SETTINGS = ("feature_dependent:0.4", "symmetric:0.4", "symmetric:0.8", "pair:0.45")
+
+
+def parse_setting(text):
+    """`"noise:rate"` → `("noise", rate)`."""
+    noise, separator, rate = text.partition(":")
+    if not separator:
+        raise argparse.ArgumentTypeError(
+            f"Expected NOISE:RATE, e.g. symmetric:0.4. Received: {text!r}."
+        )
+    return noise, float(rate)
+
+
+def parse_override(text):
+    """`"name=value"` → `("name", value)`, the value typed like the `TrainConfig` field."""
+    name, separator, value = text.partition("=")
+    fields = {field.name: field for field in dataclasses.fields(train.TrainConfig)}
+    if not separator or name not in fields:
+        raise argparse.ArgumentTypeError(
+            f"Expected FIELD=VALUE with a field of TrainConfig ({', '.join(fields)}). "
+            f"Received: {text!r}."
+        )
+    default = getattr(train.TrainConfig(), name)
+    if isinstance(default, bool):
+        return name, value.lower() in ("1", "true", "yes")
+    if isinstance(default, tuple):
+        return name, tuple(float(item) for item in value.split(",") if item)
+    if isinstance(default, int) and not isinstance(default, bool):
+        return name, int(value)
+    if isinstance(default, float):
+        return name, float(value)
+    return name, value
+
+
+def run_grid(settings, seeds, out_dir, overrides=None, verbose=0):
+    """Runs (or reads back) every cell; returns `{setting: {method: [accuracy per seed]}}`."""
+    overrides = dict(overrides or {})
+    table = {}
+    for noise, rate in settings:
+        key = f"{noise}:{rate:g}"
+        table[key] = {}
+        for seed in seeds:
+            folder = os.path.join(out_dir, f"{noise}_{rate:g}_seed{seed}")
+            results_path = os.path.join(folder, "results.json")
+            if os.path.exists(results_path):
+                with open(results_path) as f:
+                    results = json.load(f)
+            else:
+                config = train.TrainConfig(noise=noise, rate=rate, seed=seed, **overrides)
+                print(f"[{key}, seed {seed}] {folder}", flush=True)
+                results = train.run(config, folder, verbose=verbose)
+            for method, result in results["methods"].items():
+                accuracy = result["test_accuracy_best_on_meta"]
+                table[key].setdefault(method, []).append(accuracy)
+    return table
+
+
+def summarize(table):
+    """Mean, sample standard deviation, min and max of each cell, in percent."""
+    summary = {}
+    for setting, methods in table.items():
+        summary[setting] = {}
+        for method, values in methods.items():
+            percent = [100 * value for value in values]
+            summary[setting][method] = {
+                "mean": statistics.fmean(percent),
+                "std": statistics.stdev(percent) if len(percent) > 1 else 0.0,
+                "min": min(percent),
+                "max": max(percent),
+                "runs": len(percent),
+            }
+    return summary
+
+
+def format_markdown(summary, command):
+    methods = list(dict.fromkeys(m for cells in summary.values() for m in cells))
+    lines = [
+        f"`{command}`",
+        "",
+        "Test accuracy (%) at the epoch of best clean-meta accuracy: mean ± sample standard "
+        "deviation over seeds [min–max].",
+        "",
+        "| setting | " + " | ".join(METHOD_NAMES.get(m, m) for m in methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
+    for setting, cells in summary.items():
+        row = [
+            f"{cells[m]['mean']:.2f} ± {cells[m]['std']:.2f} [{cells[m]['min']:.2f}–"
+            f"{cells[m]['max']:.2f}]" if m in cells else ""
+            for m in methods
+        ]
+        lines.append(f"| {setting} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", nargs="+", type=parse_setting,
+                        default=[parse_setting(s) for s in DEFAULT_SETTINGS])  # fmt: skip
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--set", dest="overrides", nargs="*", type=parse_override, default=[],
+                        help="TrainConfig fields for every cell, e.g. dataset=digits")  # fmt: skip
+    parser.add_argument("--out", default=os.path.join("benchmarks", "results", "accuracy"))
+    parser.add_argument("--verbose", type=int, default=0)
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    table = run_grid(args.settings, args.seeds, args.out, dict(args.overrides), args.verbose)
+    summary = summarize(table)
+    command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "command": command,
+        "runs": table,
+        "summary": summary,
+    }
+    with open(os.path.join(args.out, "accuracy.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    text = format_markdown(summary, command)
+    with open(os.path.join(args.out, "accuracy.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

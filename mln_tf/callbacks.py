@@ -1,0 +1,176 @@
+"""Keras callbacks of the training entry points: evaluation, label correction and resuming."""
+
+import json
+import os
+import time
+
+import keras
+import numpy as np
+
+from mln_tf.model import random_state_variables
+
+STATE_FILE = "state.json"
+
+
+class EvaluateEachEpoch(keras.callbacks.Callback):
+    """Adds the classifier's accuracy on clean held-out sets to each epoch's logs.
+
+    For each named dataset it logs `<name>_accuracy`, and `epoch_seconds`, the epoch's
+    training time before this evaluation. With `predictions_dir`, it also saves the test
+    predictions of every epoch as `test_predictions_epoch<N>.npy`, for confusion matrices.
+
+    Args:
+        classifier: the `keras.Model` whose logits are evaluated.
+        datasets: dict of name to a batched `tf.data.Dataset` of `(image, label)`.
+        predictions_dir: optional folder for the per-epoch predictions on `"test"`.
+            Defaults to `None`.
+    """
+
+    def __init__(self, classifier, datasets, predictions_dir=None):
+        super().__init__()
+        self.classifier = classifier
+        self.datasets = datasets
+        self.predictions_dir = predictions_dir
+        # The labels do not change: read them once.
+        self.labels = {
+            name: np.concatenate([y for _, y in dataset.as_numpy_iterator()])
+            for name, dataset in datasets.items()
+        }
+        self._epoch_start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["epoch_seconds"] = time.perf_counter() - self._epoch_start
+        for name, dataset in self.datasets.items():
+            predictions = np.argmax(self.classifier.predict(dataset, verbose=0), axis=1)
+            logs[f"{name}_accuracy"] = float(np.mean(predictions == self.labels[name]))
+            if name == "test" and self.predictions_dir is not None:
+                path = os.path.join(self.predictions_dir, f"test_predictions_epoch{epoch + 1}.npy")
+                np.save(path, predictions.astype(np.int16))
+
+
+class LabelCorrection(keras.callbacks.Callback):
+    """Logs how many wrongly labelled examples the label generator gets right.
+
+    `label_correction` is the fraction of the given examples, all with a wrong noisy label,
+    whose generated soft label has its maximum at the true class. `initial` holds the value
+    before the first epoch.
+
+    Args:
+        images: array of the mislabelled training images.
+        true_labels: array of their true classes.
+        batch_size: int, the prediction batch size. Defaults to 512.
+    """
+
+    def __init__(self, images, true_labels, batch_size=512):
+        super().__init__()
+        self.images = images
+        self.true_labels = np.asarray(true_labels)
+        self.batch_size = batch_size
+        self.initial = None
+
+    def fraction_corrected(self):
+        features = self.model.feature_extractor.predict(
+            self.images, batch_size=self.batch_size, verbose=0
+        )
+        soft_labels = self.model.label_generator.predict(
+            features, batch_size=self.batch_size, verbose=0
+        )
+        return float(np.mean(np.argmax(soft_labels, axis=1) == self.true_labels))
+
+    def on_train_begin(self, logs=None):
+        self.initial = self.fraction_corrected()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["label_correction"] = self.fraction_corrected()
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves a resumable checkpoint after every epoch, and restores the last one.
+
+    Like `keras.callbacks.BackupAndRestore`, but it also keeps the random-generator states
+    (dropout) and the epoch logs, so that a resumed run continues exactly where the
+    interrupted one stopped and still knows its whole history. Files of epoch N are
+    written first, then `state.json` is replaced atomically to point at them, so an
+    interruption at any moment leaves the last complete checkpoint readable.
+
+    Args:
+        directory: str, the checkpoint folder. It is created if needed.
+
+    Example:
+
+    >>> checkpoint = EpochCheckpoint(directory)                # doctest: +SKIP
+    >>> initial_epoch, history = checkpoint.restore(model)     # doctest: +SKIP
+    >>> model.fit(data, initial_epoch=initial_epoch, epochs=10,
+    ...           callbacks=[checkpoint])                       # doctest: +SKIP
+    """
+
+    def __init__(self, directory):
+        super().__init__()
+        self.directory = directory
+        self.history = {}
+
+    @property
+    def state_path(self):
+        return os.path.join(self.directory, STATE_FILE)
+
+    def read_state(self):
+        """Returns the saved `{"epoch": N, "history": {...}}`, or `None` before epoch 1."""
+        if not os.path.exists(self.state_path):
+            return None
+        with open(self.state_path) as f:
+            return json.load(f)
+
+    def restore(self, model, initial_epoch=0):
+        """Loads the last checkpoint into `model`, if there is one.
+
+        Args:
+            model: the `keras.Model` to restore, compiled and with its optimizer built.
+            initial_epoch: int, the epoch to start from when there is no checkpoint.
+                Defaults to 0.
+
+        Returns:
+            `(epoch, history)`: the epoch to resume from and the logs of the epochs before.
+        """
+        state = self.read_state()
+        if state is None:
+            self.history = {}
+            return initial_epoch, {}
+        model.load_weights(self._weights_path(state["epoch"]))
+        with np.load(self._random_path(state["epoch"])) as saved:
+            for index, variable in enumerate(random_state_variables(model)):
+                variable.assign(saved[f"state_{index}"])
+        self.history = {key: list(values) for key, values in state["history"].items()}
+        return state["epoch"], self.history
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.history.setdefault("epoch", []).append(epoch + 1)
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        self.save(self.model, epoch + 1)
+
+    def save(self, model, epoch):
+        """Writes the checkpoint of `model` after `epoch` epochs, with the history so far."""
+        os.makedirs(self.directory, exist_ok=True)
+        model.save_weights(self._weights_path(epoch))
+        states = {
+            f"state_{index}": variable.numpy()
+            for index, variable in enumerate(random_state_variables(model))
+        }
+        np.savez(self._random_path(epoch), **states)
+        temporary = self.state_path + ".tmp"
+        with open(temporary, "w") as f:
+            json.dump({"epoch": epoch, "history": self.history}, f)
+        os.replace(temporary, self.state_path)
+        # Only now is the previous checkpoint no longer needed.
+        for path in (self._weights_path(epoch - 1), self._random_path(epoch - 1)):
+            if os.path.exists(path):
+                os.remove(path)
+
+    def _weights_path(self, epoch):
+        return os.path.join(self.directory, f"epoch{epoch}.weights.h5")
+
+    def _random_path(self, epoch):
+        return os.path.join(self.directory, f"epoch{epoch}.random.npz")

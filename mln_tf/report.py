@@ -1,0 +1,136 @@
+"""The main job's outputs: the history table, the markdown report and the plots."""
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")  # files only: no display is needed or assumed
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+METHOD_NAMES = {
+    "warm_up": "warm-up (cross-entropy)",
+    "cross_entropy": "cross-entropy",
+    "meta_label_net": "MetaLabelNet",
+    "symmetric_cross_entropy": "symmetric cross-entropy",
+    "generalized_cross_entropy": "generalized cross-entropy",
+    "soft_bootstrapping": "soft bootstrapping",
+    "forward_correction": "forward correction (estimated T)",
+    "clean_reference": "cross-entropy on the true labels (reference)",
+}
+
+
+def write_history(path, warm_up_history, histories):
+    """Writes one CSV row per method and epoch, warm-up first, with every logged value."""
+    all_histories = {"warm_up": warm_up_history, **histories}
+    keys = sorted({key for logs in all_histories.values() for key in logs} - {"epoch"})
+    with open(path, "w") as f:
+        f.write(",".join(["method", "epoch", *keys]) + "\n")
+        for method, logs in all_histories.items():
+            for index, epoch in enumerate(logs.get("epoch", [])):
+                values = [f"{logs[key][index]:.6g}" if key in logs else "" for key in keys]
+                f.write(",".join([method, str(epoch), *values]) + "\n")
+
+
+def format_report(config, results):
+    """The markdown report: test accuracy of each method, best-on-meta and final epoch."""
+    rate = f" at rate {config.rate}" if config.rate else ""
+    warm_up = results["warm_up"]
+    lines = [
+        f"# {config.dataset}, {config.noise} noise{rate} (measured {results['noise_rate']:.3f})"
+        f", {config.meta_size} clean meta images",
+        "",
+        f"Warm-up {config.stage1} epochs{' (reused from the cache)' if warm_up['cached'] else ''}"
+        f", stage 2 until epoch {config.stage2}, batch {config.batch_size}, seed {config.seed}. "
+        f"Model selection: the epoch with the {results['model_selection']}; the final epoch "
+        "is shown too. The test set is used for reporting only.",
+        "",
+        "| method | test accuracy (best on meta) | best epoch | test accuracy (final) | "
+        "s per epoch |",
+        "|---|---|---|---|---|",
+    ]
+    for method, result in results["methods"].items():
+        lines.append(
+            f"| {METHOD_NAMES.get(method, method)} | "
+            f"{100 * result['test_accuracy_best_on_meta']:.2f} | {result['best_epoch']} | "
+            f"{100 * result['test_accuracy_final']:.2f} | {result['seconds_per_epoch']:.0f} |"
+        )
+    lines.append("")
+    if warm_up["test_accuracy"] is not None:
+        lines.append(f"The warm-up ended at {100 * warm_up['test_accuracy']:.2f} % test accuracy.")
+    correction = results.get("label_correction")
+    if correction:
+        before, after = correction["fraction"][0], correction["fraction"][-1]
+        lines.append(
+            f"Of the wrongly labelled training images, the label generator gives the true "
+            f"class to {100 * after:.1f} % after the meta stage ({100 * before:.1f} % before)."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_test_accuracy(path, results, histories, warm_up_history):
+    """Test accuracy per epoch for every method, with each method's selected epoch marked."""
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    if warm_up_history.get("epoch"):
+        axes.plot(warm_up_history["epoch"], 100 * np.asarray(warm_up_history["test_accuracy"]),
+                  color="gray", marker="o", label=METHOD_NAMES["warm_up"])  # fmt: skip
+    for method, logs in histories.items():
+        epochs, accuracy = list(logs["epoch"]), list(100 * np.asarray(logs["test_accuracy"]))
+        if method != "clean_reference" and warm_up_history.get("epoch"):
+            # Stage 2 continues from the last warm-up epoch.
+            epochs = [warm_up_history["epoch"][-1], *epochs]
+            accuracy = [100 * warm_up_history["test_accuracy"][-1], *accuracy]
+        style = "--" if method == "clean_reference" else "-"
+        (line,) = axes.plot(epochs, accuracy, style, marker="o",
+                            label=METHOD_NAMES.get(method, method))  # fmt: skip
+        best = results["methods"][method]
+        axes.plot(best["best_epoch"], 100 * best["test_accuracy_best_on_meta"], marker="*",
+                  markersize=14, color=line.get_color())  # fmt: skip
+    axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_title("Test accuracy per epoch (★: selected on the clean meta set)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    _save(figure, path)
+
+
+def plot_confusion_matrices(path, matrices, class_names):
+    """Row-normalised confusion matrices of the selected models, side by side."""
+    figure, axes = plt.subplots(1, len(matrices), figsize=(5.5 * len(matrices), 5))
+    axes = np.atleast_1d(axes)
+    for axis, (method, matrix) in zip(axes, matrices.items()):
+        normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+        axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+        for (row, column), value in np.ndenumerate(normalised):
+            if value >= 0.005:
+                axis.text(column, row, f"{100 * value:.0f}", ha="center", va="center",
+                          fontsize=7, color="white" if value > 0.5 else "black")  # fmt: skip
+        ticks = np.arange(len(class_names))
+        axis.set_xticks(ticks, class_names, rotation=90, fontsize=7)
+        axis.set_yticks(ticks, class_names, fontsize=7)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+        accuracy = np.trace(matrix) / matrix.sum()
+        axis.set_title(f"{METHOD_NAMES.get(method, method)} ({100 * accuracy:.1f} %)")
+    figure.suptitle("Test confusion matrices (% of each true class)")
+    _save(figure, path)
+
+
+def plot_label_correction(path, correction):
+    """The fraction of wrongly labelled images whose generated label is the true class."""
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.plot(correction["epochs"], 100 * np.asarray(correction["fraction"]), marker="o")
+    axes.set_xlabel("epoch (the first point: before the meta stage)")
+    axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axes.set_ylabel("corrected (%)")
+    axes.set_title("Wrong labels whose generated soft label has the true class on top")
+    axes.set_ylim(0, 100)
+    axes.grid(alpha=0.3)
+    _save(figure, path)
+
+
+def _save(figure, path):
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

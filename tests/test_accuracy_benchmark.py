@@ -1,0 +1,55 @@
+"""benchmarks/accuracy.py: the grid, its resumption and its table."""
+
+import importlib.util
+import json
+import pathlib
+import statistics
+
+import pytest
+
+PATH = pathlib.Path(__file__).parents[1] / "benchmarks" / "accuracy.py"
+spec = importlib.util.spec_from_file_location("accuracy_benchmark", PATH)
+accuracy = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(accuracy)
+
+TINY = ["dataset=digits", "meta_size=100", "stage1=1", "stage2=2", "batch_size=32"]
+
+
+def test_grid_tabulates_the_runs_it_made(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLN_TF_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "grid"
+    argv = ["--settings", "symmetric:0.4", "--seeds", "0", "1", "--set", *TINY, "--out", str(out)]
+    accuracy.main(argv)
+
+    result = json.loads((out / "accuracy.json").read_text())
+    runs = result["runs"]["symmetric:0.4"]
+    for seed in (0, 1):
+        cell = json.loads((out / f"symmetric_0.4_seed{seed}" / "results.json").read_text())
+        for method, values in runs.items():
+            assert values[seed] == cell["methods"][method]["test_accuracy_best_on_meta"]
+    summary = result["summary"]["symmetric:0.4"]["meta_label_net"]
+    percent = [100 * v for v in runs["meta_label_net"]]
+    assert summary["mean"] == pytest.approx(statistics.fmean(percent))
+    assert summary["std"] == pytest.approx(statistics.stdev(percent))
+    table = (out / "accuracy.md").read_text()
+    assert f"{summary['mean']:.2f} ± {summary['std']:.2f}" in table
+    assert "python benchmarks/accuracy.py --settings symmetric:0.4" in table
+
+    # A second call reads the finished cells back instead of training again.
+    cell_path = out / "symmetric_0.4_seed0" / "results.json"
+    cell = json.loads(cell_path.read_text())
+    cell["methods"]["meta_label_net"]["test_accuracy_best_on_meta"] = 0.125
+    cell_path.write_text(json.dumps(cell))
+    accuracy.main(argv)
+    again = json.loads((out / "accuracy.json").read_text())["runs"]["symmetric:0.4"]
+    assert again["meta_label_net"] == [0.125, runs["meta_label_net"][1]]
+
+
+def test_grid_arguments_are_checked():
+    assert accuracy.parse_setting("pair:0.45") == ("pair", 0.45)
+    assert accuracy.parse_override("virtual_lr=0.5") == ("virtual_lr", 0.5)
+    assert accuracy.parse_override("stage2=8") == ("stage2", 8)
+    with pytest.raises(accuracy.argparse.ArgumentTypeError, match="Expected NOISE:RATE"):
+        accuracy.parse_setting("symmetric")
+    with pytest.raises(accuracy.argparse.ArgumentTypeError, match="with a field of TrainConfig"):
+        accuracy.parse_override("alpha=1")
