@@ -18,7 +18,7 @@ from mln_tf.tuner import MetaLabelNetHyperModel
 data = mln_tf.data.load_noisy("digits", noise="symmetric", rate=0.4, meta_size=200)
 data, validation = mln_tf.data.split_validation(data, 100)
 tuner = kt.RandomSearch(
-    MetaLabelNetHyperModel(data.num_classes, data.image_shape, classifier_builder=builder),
+    MetaLabelNetHyperModel(data.num_classes, data.image_shape),
     objective=kt.Objective("val_accuracy", "max"), max_trials=4)
 tuner.search(mln_tf.data.with_meta(data.train, data.meta, batch_size=32),
              validation_data=mln_tf.data.batched(validation, 256), epochs=3)

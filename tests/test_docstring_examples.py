@@ -1,4 +1,4 @@
-"""The `Example:` blocks of the data and noise modules' docstrings run and are right."""
+"""The `Example:` blocks of the data, noise and tuner modules' docstrings run and are right."""
 
 import doctest
 import importlib
@@ -21,6 +21,7 @@ MODULES = [
     "mln_tf.data.preprocessing",
     "mln_tf.data.sources",
     "mln_tf.data.noisy_data",
+    "mln_tf.tuner",
 ]
 
 

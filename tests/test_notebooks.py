@@ -32,7 +32,6 @@ def test_notebook_runs_in_quick_mode(name, monkeypatch):
     repository = str(NOTEBOOKS_DIR.parent)
     paths = [repository, os.environ.get("PYTHONPATH")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path for path in paths if path))
-    monkeypatch.setenv("MPLBACKEND", "agg")
     client = NotebookClient(
         notebook,
         timeout=CELL_TIMEOUT_S,
