@@ -617,7 +617,7 @@ def _check_virtual_step(virtual_step):
     if virtual_step not in VIRTUAL_STEPS:
         raise ValueError(
             "Invalid value for argument `virtual_step`. "
-            f"Received: virtual_step={virtual_step!r}. Expected \"all\" (the global batch's "
+            f'Received: virtual_step={virtual_step!r}. Expected "all" (the global batch\'s '
             'gradient) or "local" (each replica\'s own shard, an approximation).'
         )
     return virtual_step

@@ -4,8 +4,10 @@ Logical CPU devices and multi-worker collectives must be set up before TensorFlo
 initialises its devices, which a pytest process has done long before. So the tests run
 this script and compare the arrays it saves:
 
-    python tests/distributed_runs.py replicas N OUT.npz  # 1 and N replicas on N CPUs
-    python tests/distributed_runs.py worker OUT.npz      # one worker; TF_CONFIG set
+    python tests/distributed_runs.py replicas N OUT.npz [--short]  # 1 and N replicas, N CPUs
+    python tests/distributed_runs.py worker OUT.npz                # one worker; TF_CONFIG set
+
+`--short` runs the 1- and N-replica trainings only, not the "local" and per-shard ones.
 
 One strategy per process: two mirrored strategies of different sizes in one process clash
 in their collective groups.
@@ -66,27 +68,45 @@ def initial_weights():
 
 
 def train(
-    strategy, virtual_step="all", generator_lr=1e-2, data=None, steps=STEPS, evaluate=True
+    strategy,
+    virtual_step="all",
+    sgd_generator=False,
+    synchronized=True,
+    data=None,
+    steps=STEPS,
+    evaluate=True,
 ):
-    """Trains from `initial_weights()`; returns weights, history and evaluation results."""
+    """Trains from `initial_weights()`; returns weights, history and evaluation results.
+
+    With `sgd_generator`, the generator's optimizer is SGD(1): its change in one step is
+    minus the meta-gradient. `synchronized` is the BN layer's: False is Keras' default,
+    where each replica normalises its shard by the shard's own moments.
+    """
     classifier_weights, generator_weights = initial_weights()
     train_data, (x_eval, y_eval) = data or batches()
     with strategy.scope():
-        model_classifier = classifier()
+        model_classifier = classifier(synchronized)
         model_classifier.set_weights(classifier_weights)
         model = mln_tf.MetaLabelNet(model_classifier, feature_layer="features")
         model.label_generator.set_weights(generator_weights)
         model.compile(
             optimizer=keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=1e-3),
-            generator_optimizer=keras.optimizers.Adam(generator_lr, weight_decay=1e-3)
-            if generator_lr != "sgd"
-            else keras.optimizers.SGD(1.0),
+            generator_optimizer=keras.optimizers.SGD(1.0)
+            if sgd_generator
+            else keras.optimizers.Adam(1e-2, weight_decay=1e-3),
             virtual_lr=0.5,
             virtual_step=virtual_step,
         )
     dataset = tf.data.Dataset.from_tensor_slices(train_data).take(steps)
+    result = {f"initial_{i}": w.numpy() for i, w in enumerate(model.weights)}
+    result["initial_dense_kernel"], result["initial_dense_bias"] = classifier_weights[:2]
     history = model.fit(dataset, epochs=1, verbose=0).history
-    result = {f"weight_{i}": w.numpy() for i, w in enumerate(model.weights)}
+    result.update({f"weight_{i}": w.numpy() for i, w in enumerate(model.weights)})
+    # Each replica's copy of the BN moving mean (one copy on one device)
+    moving_mean = model_classifier.get_layer("bn").moving_mean.value
+    result["bn_moving_means"] = np.stack(
+        [v.numpy() for v in strategy.experimental_local_results(moving_mean)]
+    )
     result.update({f"generator_{i}": w for i, w in enumerate(model.label_generator.get_weights())})
     result.update({f"history_{key}": np.array(values) for key, values in history.items()})
     if evaluate:
@@ -104,62 +124,47 @@ def shard(array, index, count):
     return array[:, index * size : (index + 1) * size]
 
 
-def per_replica_moving_means(strategy):
-    """One step with Keras' default, unsynchronised BN: each replica's moving mean."""
-    keras.utils.set_random_seed(0)
-    train_data, _ = batches()
-    with strategy.scope():
-        model_classifier = classifier(synchronized=False)
-        model = mln_tf.MetaLabelNet(model_classifier, feature_layer="features")
-        model.compile()
-    dense = model_classifier.get_layer("dense")
-    kernel, bias = dense.kernel.numpy(), dense.bias.numpy()
-    model.fit(tf.data.Dataset.from_tensor_slices(train_data).take(1), verbose=0)
-    moving_mean = model_classifier.get_layer("bn").moving_mean.value
-    means = [v.numpy() for v in strategy.experimental_local_results(moving_mean)]
-    return {"bn_kernel": kernel, "bn_bias": bias, "bn_moving_means": np.stack(means)}
-
-
 def save(path, runs):
     arrays = {f"{run}/{key}": v for run, values in runs.items() for key, v in values.items()}
     np.savez(path, **arrays)
 
 
-def replicas_main(devices, path):
+def replicas_main(devices, path, short=False):
     strategy = mln_tf.distribute.build_strategy("mirrored", devices=devices)  # before any op
     default = mln_tf.distribute.build_strategy(None)
     keras.config.set_floatx("float64")
     runs = {
         "single": train(default),
         "mirrored": train(strategy),
-        "local": train(strategy, virtual_step="local", evaluate=False),
-        # One step with SGD(1) for the generator: its change is minus the meta-gradient.
-        "local_sgd": train(
-            strategy, virtual_step="local", generator_lr="sgd", steps=1, evaluate=False
-        ),
     }
+    if short:
+        save(path, runs)
+        return
+    runs["local"] = train(strategy, virtual_step="local", evaluate=False)
+    # With Keras' default unsynchronised BN, one "local" step on N replicas is N one-device
+    # steps on the shards: the generator's step is the mean of theirs.
+    runs["local_sgd"] = train(
+        strategy, "local", sgd_generator=True, synchronized=False, steps=1, evaluate=False
+    )
     ((x, y), (x_meta, y_meta)), evaluation = batches()
     for index in range(devices):
         x_r, y_r, x_meta_r, y_meta_r = [shard(a, index, devices) for a in (x, y, x_meta, y_meta)]
         data = (((x_r, y_r), (x_meta_r, y_meta_r)), evaluation)
         runs[f"shard_{index}_sgd"] = train(
-            default, generator_lr="sgd", data=data, steps=1, evaluate=False
+            default, sgd_generator=True, synchronized=False, data=data, steps=1, evaluate=False
         )
-    keras.config.set_floatx("float32")
-    runs["unsynchronized_bn"] = per_replica_moving_means(strategy)
-    runs["unsynchronized_bn"]["x"] = x[0].astype("float32")
+    runs["local_sgd"]["x"] = x[0]
     save(path, runs)
 
 
 def worker_main(path):
     strategy = mln_tf.distribute.build_strategy("multiworker")  # reads TF_CONFIG
     keras.config.set_floatx("float64")
-    runs = {"worker": train(strategy), "single": train(mln_tf.distribute.build_strategy())}
-    save(path, runs)
+    save(path, {"worker": train(strategy, evaluate=False)})
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "replicas":
-        replicas_main(int(sys.argv[2]), sys.argv[3])
+        replicas_main(int(sys.argv[2]), sys.argv[3], short="--short" in sys.argv)
     else:
         worker_main(sys.argv[2])
