@@ -63,6 +63,10 @@ def build_parser():
         "correction")  # fmt: skip
     add("--with-clean-reference", dest="clean_reference", action="store_true", default=None,
         help="also train cross-entropy on the true labels, as a reference")  # fmt: skip
+    add("--strategy", choices=["mirrored", "multiworker"],
+        help="tf.distribute strategy; --batch-size is then the global batch")  # fmt: skip
+    add("--devices", type=int,
+        help="devices per machine for --strategy (without GPUs: logical CPU devices)")  # fmt: skip
     add("--max-train-examples", dest="max_train_examples", type=int,
         help="train on the first N noisy examples only")  # fmt: skip
     add("--quick", action="store_true",

@@ -7,6 +7,7 @@ batch and (x_m, y_m) a clean meta batch.
 """
 
 import math
+import warnings
 
 import keras
 import tensorflow as tf
@@ -16,6 +17,10 @@ from mln_tf import losses
 # The authors' final code steps the virtual classifier by the full gradient (`param - grad`).
 DEFAULT_VIRTUAL_LR = 1.0
 DEFAULT_ENTROPY_WEIGHT = 1.0
+# "all": the virtual step uses the global batch's gradient, all-reduced across replicas.
+# "local": each replica steps on its own shard only (an approximation; one all-reduce less).
+VIRTUAL_STEPS = ("all", "local")
+DEFAULT_VIRTUAL_STEP = "all"
 
 BATCH_STRUCTURE = (
     "Expected each training batch to be `((x, y), (x_meta, y_meta))` or "
@@ -92,6 +97,14 @@ class MetaLabelNet(keras.Model):
     `mln_tf.data.with_meta` builds it. `evaluate` and `validation_data` take ordinary
     `(x, y)` batches and report the classifier's cross-entropy (`loss`) and `accuracy`.
 
+    Distribution: create the classifier, the model and its optimizers, and call `compile`,
+    inside a `tf.distribute.Strategy` scope (`MirroredStrategy`, `MultiWorkerMirroredStrategy`;
+    `mln_tf.distribute.build_strategy` builds one), then call `fit` as usual. Each replica's
+    losses count for 1/N of the global-batch mean, as Keras scales them; with
+    `virtual_step="all"` the inner gradient is all-reduced before θ̂ is formed, so N replicas
+    compute the single-device step on the same global batch. Keras compiles no step with XLA
+    under a strategy.
+
     Args:
         classifier: a built functional or Sequential `keras.Model` that outputs logits of
             shape `(batch, C)`, warmed up on the noisy labels.
@@ -101,6 +114,12 @@ class MetaLabelNet(keras.Model):
             Defaults to 1.0, as in the authors' final code.
         entropy_weight: float, w, the weight of the entropy loss. Usually set through
             `compile`. Defaults to 1.0.
+        virtual_step: `"all"` or `"local"`, the batch of the virtual step under a
+            `tf.distribute` strategy. `"all"` takes the gradient of the global batch (an
+            all-reduce across replicas, through which the meta-gradient flows back).
+            `"local"` is an approximation: each replica steps on its own shard and skips
+            that all-reduce. Without a strategy both are the same. Usually set through
+            `compile`. Defaults to `"all"`.
         generator_optimizer: the label generator's `keras.optimizers.Optimizer`. Usually
             set through `compile`. Defaults to Adam(1e-3, weight_decay=1e-4).
         feature_extractor: a `keras.Model` mapping images to features, to use instead of
@@ -126,6 +145,7 @@ class MetaLabelNet(keras.Model):
         *,
         virtual_lr=DEFAULT_VIRTUAL_LR,
         entropy_weight=DEFAULT_ENTROPY_WEIGHT,
+        virtual_step=DEFAULT_VIRTUAL_STEP,
         generator_optimizer=None,
         feature_extractor=None,
         label_generator=None,
@@ -134,11 +154,13 @@ class MetaLabelNet(keras.Model):
         kwargs.setdefault("name", "meta_label_net")
         super().__init__(**kwargs)
         _check_classifier(classifier)
+        _check_created_in_scope(classifier)
         self.classifier = classifier
         self.feature_layer = feature_layer
         self.num_classes = int(classifier.output_shape[-1])
         self.virtual_lr = _check_virtual_lr(virtual_lr)
         self.entropy_weight = _check_entropy_weight(entropy_weight)
+        self.virtual_step = _check_virtual_step(virtual_step)
 
         if feature_extractor is None:
             feature_extractor = _freeze_feature_extractor(classifier, feature_layer)
@@ -180,6 +202,7 @@ class MetaLabelNet(keras.Model):
         generator_optimizer=None,
         virtual_lr=None,
         entropy_weight=None,
+        virtual_step=None,
         *,
         loss=None,
         metrics=None,
@@ -196,10 +219,15 @@ class MetaLabelNet(keras.Model):
                 value (1.0 unless set before).
             entropy_weight: float, w, the entropy loss weight. Defaults to keeping the
                 current value (1.0 unless set before).
+            virtual_step: `"all"` or `"local"`, the virtual step's batch under a
+                `tf.distribute` strategy (see the class docstring). Defaults to keeping the
+                current value (`"all"` unless set before).
             loss: must be `None`: MetaLabelNet computes its own losses.
             metrics: must be `None`: MetaLabelNet reports its own metrics.
             **kwargs: passed to `keras.Model.compile` (`jit_compile`, `steps_per_execution`,
-                `run_eagerly`, ...). `jit_compile` defaults to Keras' `"auto"`.
+                `run_eagerly`, ...). `jit_compile` defaults to Keras' `"auto"`. Under a
+                `tf.distribute` strategy Keras compiles no step with XLA: `jit_compile=True`
+                then warns and proceeds with `jit_compile=False`.
         """
         if loss is not None:
             raise ValueError(
@@ -216,6 +244,18 @@ class MetaLabelNet(keras.Model):
             self.virtual_lr = _check_virtual_lr(virtual_lr)
         if entropy_weight is not None:
             self.entropy_weight = _check_entropy_weight(entropy_weight)
+        if virtual_step is not None:
+            self.virtual_step = _check_virtual_step(virtual_step)
+        if kwargs.get("jit_compile") is True and (
+            self._distribute_strategy is not None or tf.distribute.has_strategy()
+        ):
+            warnings.warn(
+                "`jit_compile=True` was requested under a `tf.distribute` strategy, but Keras "
+                "does not compile steps with XLA under a distribution strategy. Proceeding "
+                "with `jit_compile=False`. For XLA, train on one device without a strategy.",
+                stacklevel=2,
+            )
+            kwargs["jit_compile"] = False
         if generator_optimizer is not None:
             generator_optimizer = keras.optimizers.get(generator_optimizer)
             if not generator_optimizer.built:
@@ -239,6 +279,7 @@ class MetaLabelNet(keras.Model):
                 "feature_layer": self.feature_layer,
                 "virtual_lr": self.virtual_lr,
                 "entropy_weight": self.entropy_weight,
+                "virtual_step": self.virtual_step,
                 "generator_optimizer": keras.saving.serialize_keras_object(
                     self.generator_optimizer
                 ),
@@ -288,6 +329,36 @@ class MetaLabelNet(keras.Model):
         callbacks = [*(callbacks or []), _StopOnInvalidStep()]
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
+    def make_train_function(self, force=False):
+        if self.train_function is not None and not force:
+            return self.train_function
+        super().make_train_function(force=True)
+        if self.jit_compile and not self.run_eagerly:
+            # Keras calls the XLA-compiled step from inside another tf.function; for this
+            # step that nesting is about 20 times slower on the CPU than calling it from
+            # Python. Handing Keras a list of batches makes it take the direct path.
+            nested_call = self.train_function
+
+            def train_function(iterator):
+                if isinstance(iterator, tf.data.Iterator):
+                    batches = [batch for _, batch in zip(range(self.steps_per_execution), iterator)]
+                    if not batches:
+                        raise StopIteration
+                    return nested_call(batches)
+                return nested_call(iterator)
+
+            self.train_function = train_function
+        return self.train_function
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a strategy, Keras 3.15 reduces the first batch across replicas here only to
+        # build what is unbuilt; under MultiWorkerMirroredStrategy that reduction fails
+        # (keras-team/keras#20585). MetaLabelNet builds everything in __init__ and compile.
+        layers_built = all(layer.built for layer in self._flatten_layers())
+        if layers_built and self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def refresh_feature_extractor(self):
         """Copies the classifier's current weights into the frozen feature extractor.
 
@@ -319,6 +390,7 @@ class MetaLabelNet(keras.Model):
         theta = [variable.value for variable in trainable]
         state = [variable.value for variable in non_trainable]
         generator_variables = self.label_generator.trainable_variables
+        global_virtual_step = _num_replicas() > 1 and self.virtual_step == "all"
 
         # Frozen features of the noisy batch
         features = self.feature_extractor(x, training=False)
@@ -329,24 +401,36 @@ class MetaLabelNet(keras.Model):
                 classifier_tape.watch(theta)
                 logits, new_state = classifier.stateless_call(theta, state, x, training=True)
                 label_loss = losses.soft_label_loss(logits, soft_labels)
+                virtual_loss = label_loss
+                if global_virtual_step:
+                    # This replica's share of the global-batch mean, as Keras scales losses
+                    virtual_loss = _scale_for_replicas(label_loss)
             # Virtual step, differentiable with respect to φ through the soft labels
-            grads = classifier_tape.gradient(label_loss, theta)
+            grads = classifier_tape.gradient(virtual_loss, theta)
+            if global_virtual_step:
+                # The global batch's gradient. The gradient of this all-reduce is the
+                # all-reduce of the incoming gradient: φ's gradient gathers every replica's
+                # meta loss.
+                grads = tf.distribute.get_replica_context().all_reduce("sum", grads)
             fast_weights = [w - self.virtual_lr * g for w, g in zip(theta, grads)]
             # Meta loss on the clean batch; the virtual pass's BN updates are discarded
             meta_logits, _ = classifier.stateless_call(
                 fast_weights, new_state, x_meta, training=True
             )
             meta_loss = losses.meta_loss(y_meta, meta_logits)
-        generator_grads = meta_tape.gradient(meta_loss, generator_variables)
+            scaled_meta_loss = self.generator_optimizer.scale_loss(_scale_for_replicas(meta_loss))
+        generator_grads = meta_tape.gradient(scaled_meta_loss, generator_variables)
 
-        labels_ok = self._labels_in_range(y, y_meta)
-        step_ok = tf.logical_and(labels_ok, _all_finite([label_loss, meta_loss, *generator_grads]))
+        labels_ok = _on_all_replicas(self._labels_in_range(y, y_meta))
+        step_ok = tf.logical_and(
+            labels_ok, _on_all_replicas(_all_finite([label_loss, meta_loss, *generator_grads]))
+        )
 
         # Update generator
-        def update_generator():
-            self.generator_optimizer.apply(generator_grads, generator_variables)
+        def update_generator(grads):
+            self.generator_optimizer.apply(grads, generator_variables)
 
-        tf.cond(step_ok, update_generator, lambda: None)
+        _run_if(step_ok, update_generator, generator_grads)
 
         # Update classifier on the new soft labels, reusing the forward pass above
         new_soft_labels = tf.stop_gradient(self.label_generator(features, training=False))
@@ -355,16 +439,18 @@ class MetaLabelNet(keras.Model):
             loss = losses.soft_label_loss(logits, new_soft_labels)
             if self.entropy_weight:
                 loss = loss + self.entropy_weight * losses.entropy_loss(logits)
-        logits_grads = logits_tape.gradient(loss, logits)
+            scaled_loss = self.optimizer.scale_loss(_scale_for_replicas(loss))
+        logits_grads = logits_tape.gradient(scaled_loss, logits)
         classifier_grads = classifier_tape.gradient(logits, theta, output_gradients=logits_grads)
-        step_ok = tf.logical_and(step_ok, tf.math.is_finite(loss))
+        step_ok = tf.logical_and(step_ok, _on_all_replicas(tf.math.is_finite(loss)))
 
-        def update_classifier():
-            self.optimizer.apply(classifier_grads, trainable)
+        def update_classifier(grads, new_state):
+            self.optimizer.apply(grads, trainable)
+            # Under a strategy each replica keeps its own BN statistics, as Keras' layers do
             for variable, value in zip(non_trainable, new_state):
                 variable.assign(value)
 
-        tf.cond(step_ok, update_classifier, lambda: None)
+        _run_if(step_ok, update_classifier, classifier_grads, new_state)
 
         self.loss_tracker.update_state(loss)
         self.meta_loss_tracker.update_state(meta_loss)
@@ -373,15 +459,18 @@ class MetaLabelNet(keras.Model):
                 tf.equal(tf.argmax(soft_labels, -1, output_type=y.dtype), y), "float32"
             )
             self.agreement_tracker.update_state(agrees, sample_weight=tf.cast(y >= 0, "float32"))
-        self.invalid_label_steps.update_state(tf.cast(tf.logical_not(labels_ok), "float32"))
+        # Once per step, not once per replica: the flags are the same on every replica.
+        self.invalid_label_steps.update_state(_once(tf.logical_not(labels_ok)))
         self.non_finite_steps.update_state(
-            tf.cast(tf.logical_and(labels_ok, tf.logical_not(step_ok)), "float32")
+            _once(tf.logical_and(labels_ok, tf.logical_not(step_ok)))
         )
-        return {
-            "loss": self.loss_tracker.result(),
-            "meta_loss": self.meta_loss_tracker.result(),
-            "label_agreement": self.agreement_tracker.result(),
-        }
+        return _step_logs(
+            {
+                "loss": _result_across_replicas(self.loss_tracker),
+                "meta_loss": _result_across_replicas(self.meta_loss_tracker),
+                "label_agreement": _result_across_replicas(self.agreement_tracker),
+            }
+        )
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -396,7 +485,12 @@ class MetaLabelNet(keras.Model):
         cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
         self.loss_tracker.update_state(cross_entropy, sample_weight=sample_weight)
         self.accuracy_tracker.update_state(y, logits, sample_weight=sample_weight)
-        return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_tracker.result()}
+        return _step_logs(
+            {
+                "loss": _result_across_replicas(self.loss_tracker),
+                "accuracy": _result_across_replicas(self.accuracy_tracker),
+            }
+        )
 
     # Input checks, at trace time where shapes allow it
 
@@ -552,6 +646,31 @@ def _check_entropy_weight(entropy_weight):
     return float(entropy_weight)
 
 
+def _check_virtual_step(virtual_step):
+    if virtual_step not in VIRTUAL_STEPS:
+        raise ValueError(
+            "Invalid value for argument `virtual_step`. "
+            f'Received: virtual_step={virtual_step!r}. Expected "all" (the global batch\'s '
+            'gradient) or "local" (each replica\'s own shard, an approximation).'
+        )
+    return virtual_step
+
+
+def _check_created_in_scope(model):
+    """Under a strategy, the classifier's variables must be distributed ones."""
+    if not tf.distribute.has_strategy():
+        return
+    strategy = tf.distribute.get_strategy()
+    for variable in model.weights:
+        if not strategy.extended.variable_created_in_scope(variable.value):
+            raise ValueError(
+                f"The classifier {model.name!r} was created outside `strategy.scope()`: its "
+                f"variable {variable.path!r} is not distributed. Create the classifier inside "
+                "the scope, or copy it there: `classifier = keras.models.clone_model(warm)` "
+                "then `classifier.set_weights(warm.get_weights())`."
+            )
+
+
 def _freeze_feature_extractor(classifier, feature_layer):
     """A frozen copy of `classifier` that outputs `feature_layer`'s activations."""
     layer_names = [layer.name for layer in classifier.layers]
@@ -592,6 +711,89 @@ def _serialize_model(model):
     # The warm-up compilation is not part of MetaLabelNet's state.
     config.pop("compile_config", None)
     return config
+
+
+def _num_replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _scale_for_replicas(loss):
+    """A replica's share of the global-batch mean: its local mean over N, as Keras scales it.
+
+    Summed over the N replicas (the optimizers' all-reduce), the shares give the mean over
+    the global batch when the replicas' batches are of one size.
+    """
+    num_replicas = _num_replicas()
+    if num_replicas == 1:
+        return loss
+    return loss * tf.cast(1.0 / num_replicas, loss.dtype)
+
+
+def _on_all_replicas(condition):
+    """Whether `condition` holds on every replica; the same answer on each of them."""
+    if _num_replicas() == 1:
+        return condition
+    failures = tf.distribute.get_replica_context().all_reduce(
+        "sum", tf.cast(tf.logical_not(condition), "int32")
+    )
+    return tf.equal(failures, 0)
+
+
+def _once(flag):
+    """`flag` as a count on the first replica only, so that a Sum counts steps."""
+    count = tf.cast(flag, "float32")
+    if _num_replicas() == 1:
+        return count
+    first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+    return count * tf.cast(first, "float32")
+
+
+def _result_across_replicas(metric):
+    """A mean metric's result over the global batch, from any replica."""
+    if _num_replicas() == 1:
+        return metric.result()
+    # Reading a metric's variable in a replica gives that replica's share.
+    total, count = tf.distribute.get_replica_context().all_reduce(
+        "sum", [tf.identity(metric.total.value), tf.identity(metric.count.value)]
+    )
+    return tf.math.divide_no_nan(total, tf.cast(count, total.dtype))
+
+
+def _step_logs(logs):
+    """The step's logs, shaped for Keras' reduction across replicas.
+
+    Keras 3.15 averages a multi-worker step's logs along axis 0, which a scalar lacks
+    (keras-team/keras#20585): there each value gets that axis, of length 1.
+    """
+    strategy = tf.distribute.get_strategy()
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+        strategy.extended._in_multi_worker_mode()
+    )
+    if not multi_worker:
+        return logs
+    return {key: tf.reshape(value, [1]) for key, value in logs.items()}
+
+
+def _run_if(condition, update, *args):
+    """Runs `update(*args)` on every replica when `condition` (the same on all) holds.
+
+    Without a strategy, or one that needs no `merge_call`, this is a `tf.cond`. Otherwise
+    a `tf.cond` whose branch synchronises replicas (the optimizers' all-reduce) must run in
+    the cross-replica context; Keras' `LossScaleOptimizer` skips steps in the same way.
+    """
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+        tf.cond(condition, lambda: update(*args), lambda: None)
+        return
+
+    def cross_replica(distribution, condition, *args):
+        condition = distribution.experimental_local_results(condition)[0]
+
+        def apply():
+            distribution.extended.call_for_each_replica(update, args=args)
+
+        tf.cond(condition, apply, lambda: None)
+
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition, *args))
 
 
 def _all_finite(tensors):

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from mln_tf import data as mln_data
-from mln_tf import losses, models, noise, report
+from mln_tf import distribute, losses, models, noise, report
 from mln_tf.callbacks import EpochCheckpoint, EvaluateEachEpoch, LabelCorrection
 from mln_tf.model import MetaLabelNet, paper_classifier_optimizer, paper_generator_optimizer
 
@@ -62,7 +62,7 @@ PRESETS = {
 WARM_UP_FIELDS = (
     "dataset", "noise", "rate", "meta_size", "architecture", "backbone_weights", "stage1",
     "batch_size", "learning_rates", "lr_boundaries", "seed", "max_train_examples",
-    "data_dir", "deterministic",
+    "data_dir", "deterministic", "strategy", "devices",
 )  # fmt: skip
 
 
@@ -102,6 +102,11 @@ class TrainConfig:
             `False`.
         clean_reference: bool, whether to also train cross-entropy on the true labels.
             Defaults to `False`.
+        strategy: optional str, `"mirrored"` or `"multiworker"`: train every stage under
+            that `tf.distribute` strategy (`mln_tf.distribute.build_strategy`), with
+            `batch_size` as the global batch. Defaults to `None`, one device.
+        devices: optional int, the number of devices per machine for `strategy`.
+            Defaults to `None` (all GPUs, or one CPU device).
         preset: optional str, the key of `PRESETS` this configuration started from.
             Defaults to `None`.
     """
@@ -127,6 +132,8 @@ class TrainConfig:
     data_dir: str | None = None
     baselines: bool = False
     clean_reference: bool = False
+    strategy: str | None = None
+    devices: int | None = None
     preset: str | None = None
 
     @classmethod
@@ -243,6 +250,7 @@ class _Run:
     train: tf.data.Dataset
     steps_per_epoch: int
     evaluation: dict
+    strategy: tf.distribute.Strategy
 
 
 def run(config, out_dir, verbose=1):
@@ -261,6 +269,8 @@ def run(config, out_dir, verbose=1):
         The results dict written to `results.json`.
     """
     _prepare_out_dir(out_dir, config)
+    # First: splitting the CPU into logical devices must precede any TensorFlow operation.
+    strategy = distribute.build_strategy(config.strategy, devices=config.devices)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     data = load_data(config)
@@ -287,6 +297,7 @@ def run(config, out_dir, verbose=1):
             "meta": mln_data.batched(data.meta, eval_batch),
             "test": mln_data.batched(data.test, eval_batch),
         },
+        strategy=strategy,
     )
 
     warm_up_dir, warm_up_history, warm_up_cached = _warm_up(session)
@@ -345,19 +356,38 @@ def load_data(config):
     )
 
 
-def build_classifier(config, data, loss):
-    """A fresh classifier of the configured architecture, compiled with `loss` and SGD."""
-    classifier = models.build(
-        config.architecture, data.num_classes, data.image_shape, config.backbone_weights
-    )
-    classifier.compile(
-        optimizer=paper_classifier_optimizer(config.learning_rates[0]),
-        loss=loss,
-        metrics=["accuracy"],
-        jit_compile=config.jit_compile,
-    )
-    # Built now so that a checkpoint's optimizer state can be loaded into it.
-    classifier.optimizer.build(classifier.trainable_variables)
+def build_classifier(config, data, loss, strategy=None):
+    """A fresh classifier of the configured architecture, compiled with `loss` and SGD.
+
+    Args:
+        config: `TrainConfig`.
+        data: the `NoisyData` it trains on (for the class count and image shape).
+        loss: a Keras loss, or `None` for prediction only.
+        strategy: optional `tf.distribute.Strategy` whose scope holds the variables.
+            Defaults to `None`, the current strategy.
+
+    Returns:
+        A compiled `keras.Model` with its optimizer built.
+    """
+    with (strategy or tf.distribute.get_strategy()).scope():
+        classifier = models.build(
+            config.architecture, data.num_classes, data.image_shape, config.backbone_weights
+        )
+        classifier.compile(
+            optimizer=paper_classifier_optimizer(config.learning_rates[0]),
+            loss=loss,
+            metrics=["accuracy"],
+            jit_compile=config.jit_compile,
+        )
+        # Built now so that a checkpoint's optimizer state can be loaded into it.
+        classifier.optimizer.build(classifier.trainable_variables)
+    return classifier
+
+
+def _warm_started_classifier(session, loss, warm_up_dir):
+    """A classifier with the warm-up's weights, optimizer state and random state."""
+    classifier = build_classifier(session.config, session.data, loss, session.strategy)
+    EpochCheckpoint(warm_up_dir).restore(classifier)
     return classifier
 
 
@@ -374,7 +404,7 @@ def _warm_up(session):
         return str(cache_dir), history, True
     _log(session.verbose, f"Stage 1: warm-up with cross-entropy, {config.stage1} epochs")
     keras.utils.set_random_seed(config.seed)
-    classifier = build_classifier(config, session.data, _cross_entropy())
+    classifier = build_classifier(config, session.data, _cross_entropy(), session.strategy)
     stage_dir = os.path.join(session.out_dir, "stages", "warm_up")
     if config.stage1 == 0:
         # Nothing to train: the checkpoint is the initial classifier.
@@ -395,8 +425,7 @@ def _plain_stage(session, method, warm_up_dir):
     _log(session.verbose, f"Stage 2, {method}: {config.stage2 - config.stage1} epochs")
     keras.utils.set_random_seed(config.seed + 1)
     loss = METHOD_LOSSES[method](session, warm_up_dir)
-    classifier = build_classifier(config, session.data, loss)
-    EpochCheckpoint(warm_up_dir).restore(classifier)
+    classifier = _warm_started_classifier(session, loss, warm_up_dir)
     return _fit_stage(session, method, classifier, session.train, config.stage1, config.stage2,
                       _evaluate(session, classifier, method))  # fmt: skip
 
@@ -405,16 +434,17 @@ def _meta_label_net_stage(session, warm_up_dir):
     config = session.config
     _log(session.verbose, f"Stage 2, meta_label_net: {config.stage2 - config.stage1} epochs")
     keras.utils.set_random_seed(config.seed + 1)
-    classifier = build_classifier(config, session.data, _cross_entropy())
-    EpochCheckpoint(warm_up_dir).restore(classifier)
-    model = MetaLabelNet(classifier, feature_layer=models.FEATURE_LAYER)
-    model.compile(
-        optimizer=paper_classifier_optimizer(config.learning_rates[0]),
-        generator_optimizer=paper_generator_optimizer(config.generator_learning_rate),
-        virtual_lr=config.virtual_lr,
-        entropy_weight=config.entropy_weight,
-        jit_compile=config.jit_compile,
-    )
+    classifier = _warm_started_classifier(session, _cross_entropy(), warm_up_dir)
+    with session.strategy.scope():
+        model = MetaLabelNet(classifier, feature_layer=models.FEATURE_LAYER)
+        model.compile(
+            optimizer=paper_classifier_optimizer(config.learning_rates[0]),
+            generator_optimizer=paper_generator_optimizer(config.generator_learning_rate),
+            virtual_lr=config.virtual_lr,
+            entropy_weight=config.entropy_weight,
+            # Under a strategy Keras runs without XLA; MetaLabelNet warns if it was asked.
+            jit_compile=config.jit_compile,
+        )
     # The warm-up's optimizer state, momentum included: the classifier continues training.
     for variable, warm_up_value in zip(
         model.optimizer.variables, classifier.optimizer.variables, strict=True
@@ -457,7 +487,7 @@ def _clean_reference_stage(session):
     _log(session.verbose, f"Clean reference: cross-entropy on the true labels, {config.stage2} "
                           "epochs from scratch")  # fmt: skip
     keras.utils.set_random_seed(config.seed)
-    classifier = build_classifier(config, data, _cross_entropy())
+    classifier = build_classifier(config, data, _cross_entropy(), session.strategy)
     train = data.train_clean
     if config.max_train_examples:
         train = train.take(config.max_train_examples)
@@ -508,8 +538,7 @@ def _evaluate(session, classifier, method):
 
 def _estimate_transition_matrix(session, warm_up_dir):
     """Forward correction's T, from the warm-up classifier's predictions on the noisy set."""
-    classifier = build_classifier(session.config, session.data, None)
-    EpochCheckpoint(warm_up_dir).restore(classifier)
+    classifier = _warm_started_classifier(session, None, warm_up_dir)
     images = session.train.map(lambda image, label: image).batch(512)
     logits = classifier.predict(images, verbose=0)
     return noise.estimate_transition_matrix(keras.ops.convert_to_numpy(keras.ops.softmax(logits)))

@@ -97,6 +97,26 @@ def test_jit_compile_matches_eager_graph_within_tolerance():
         np.testing.assert_allclose(xla, graph, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("steps_per_execution", [1, 3])
+def test_jit_compile_fit_takes_every_batch_once(steps_per_execution):
+    # MetaLabelNet feeds the XLA step from Python; 7 batches in groups of 3 end with 1.
+    batches = [random_batch(seed) for seed in range(7)]
+    classifier = bn_classifier()
+    initial = classifier.get_weights()
+    results = {}
+    for jit_compile in (False, True):
+        keras.utils.set_random_seed(7)
+        model = compiled_model(keras.models.clone_model(classifier), jit_compile=jit_compile,
+                               steps_per_execution=steps_per_execution)  # fmt: skip
+        model.classifier.set_weights(initial)
+        model.fit(batches_dataset(batches), epochs=2, verbose=0)
+        assert int(model.optimizer.iterations) == 14
+        assert int(model.generator_optimizer.iterations) == 14
+        results[jit_compile] = all_weights(model)
+    for xla, graph in zip(results[True], results[False]):
+        np.testing.assert_allclose(xla, graph, rtol=1e-5, atol=1e-6)
+
+
 def test_jit_compile_defaults_to_keras_auto():
     model = compiled_model(bn_classifier())
     # Keras resolves "auto" to False on a machine without a GPU.

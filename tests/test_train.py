@@ -265,3 +265,22 @@ def test_without_out_the_latest_unfinished_run_with_the_same_settings_resumes(tm
     assert default_out_dir(config, tmp_path) == str(tmp_path / "20260101-000000")
     fresh = default_out_dir(TrainConfig(dataset="digits", noise="pair", rate=0.2), tmp_path)
     assert os.path.dirname(fresh) == str(tmp_path) and not os.path.exists(fresh)
+
+
+def test_main_job_trains_under_a_mirrored_strategy(tmp_path):
+    out = tmp_path / "mirrored"
+    # A fresh process: the CPU can be split into logical devices only before TF starts.
+    completed = subprocess.run(
+        [sys.executable, "-m", "mln_tf", "train", *DIGITS, "--stage1", "1", "--stage2", "2",
+         "--strategy", "mirrored", "--devices", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MLN_TF_CACHE_DIR": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert (config["strategy"], config["devices"]) == ("mirrored", 2)
+    results = _results(out)
+    data = mln_tf.data.load_noisy("digits", noise="pair", rate=0.45, meta_size=100, seed=0)
+    model = keras.models.load_model(out / "meta_label_net.keras")
+    accuracy = np.mean(np.argmax(model.predict(data.test_images, verbose=0), 1) == data.test_labels)
+    assert results["methods"]["meta_label_net"]["test_accuracy_final"] == pytest.approx(accuracy)
