@@ -8,7 +8,8 @@ by index, never from a test split) and an optional unlabeled set D_u.
   model of `mln_tf.noise` at any rate, a meta set and an unlabeled set.
 - `load_cifar10_n`, `load_cifar100_n`, `load_controlled_noisy_web_labels`: real noisy
   datasets from TFDS, with a meta set carved out of their training split.
-- `with_meta`, `preprocess`, `batched`: `tf.data` pipelines for `MetaLabelNet.fit`.
+- `with_meta`, `cache_features`, `preprocess`, `batched`: `tf.data` pipelines for
+  `MetaLabelNet.fit`.
 - Importing this package registers the TFDS builders `noisy_fashion_mnist`,
   `noisy_digits` and `clothing1m`.
 
@@ -28,7 +29,7 @@ from mln_tf.data.adapters import (
     load_controlled_noisy_web_labels,
 )
 from mln_tf.data.noisy_data import NoisyData, NoisySplit, load_noisy, make_noisy_split
-from mln_tf.data.pipeline import UNLABELED, with_meta
+from mln_tf.data.pipeline import UNLABELED, cache_features, with_meta
 from mln_tf.data.preprocessing import (
     batched,
     channel_stats,
@@ -58,6 +59,7 @@ __all__ = [
     "NoisyData",
     "NoisySplit",
     "batched",
+    "cache_features",
     "channel_stats",
     "datasets",
     "load_cifar100_n",
