@@ -75,6 +75,8 @@ def train(
     data=None,
     steps=STEPS,
     evaluate=True,
+    meta_gradient="forward_mode",
+    virtual_scope="all",
 ):
     """Trains from `initial_weights()`; returns weights, history and evaluation results.
 
@@ -87,7 +89,12 @@ def train(
     with strategy.scope():
         model_classifier = classifier(synchronized)
         model_classifier.set_weights(classifier_weights)
-        model = mln_tf.MetaLabelNet(model_classifier, feature_layer="features")
+        model = mln_tf.MetaLabelNet(
+            model_classifier,
+            feature_layer="features",
+            meta_gradient=meta_gradient,
+            virtual_scope=virtual_scope,
+        )
         model.label_generator.set_weights(generator_weights)
         model.compile(
             optimizer=keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=1e-3),
@@ -141,6 +148,13 @@ def replicas_main(devices, path, short=False):
         save(path, runs)
         return
     runs["local"] = train(strategy, virtual_step="local", evaluate=False)
+    # The reference meta-gradient and the "head" approximation under the strategy
+    runs["mirrored_nested"] = train(strategy, meta_gradient="nested_tapes", evaluate=False)
+    runs["local_nested"] = train(
+        strategy, virtual_step="local", meta_gradient="nested_tapes", evaluate=False
+    )
+    runs["single_head"] = train(default, virtual_scope="head", evaluate=False)
+    runs["mirrored_head"] = train(strategy, virtual_scope="head", evaluate=False)
     # With Keras' default unsynchronised BN, one "local" step on N replicas is N one-device
     # steps on the shards: the generator's step is the mean of theirs.
     runs["local_sgd"] = train(

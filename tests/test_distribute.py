@@ -105,6 +105,25 @@ def test_metrics_are_aggregated_across_replicas(replicas, request):
         np.testing.assert_allclose(mirrored[key], single[key], **TOLERANCE)
 
 
+# The meta-gradient's two computations and the "head" scope under a strategy
+
+
+@pytest.mark.parametrize("virtual_step", ["all", "local"])
+def test_forward_mode_matches_nested_tapes_under_a_strategy(two_replicas, virtual_step):
+    forward = two_replicas["mirrored" if virtual_step == "all" else "local"]
+    nested = two_replicas[f"{'mirrored' if virtual_step == 'all' else 'local'}_nested"]
+    for expected, actual in zip(_weights(nested), _weights(forward)):
+        np.testing.assert_allclose(actual, expected, **TOLERANCE)
+
+
+def test_head_scope_on_replicas_matches_one_device(two_replicas):
+    single, mirrored = two_replicas["single_head"], two_replicas["mirrored_head"]
+    for expected, actual in zip(_weights(single), _weights(mirrored)):
+        np.testing.assert_allclose(actual, expected, **TOLERANCE)
+    # "head" is another step than "all": the comparison is not vacuous.
+    assert _max_difference(single, two_replicas["single"]) > APPROXIMATION_MIN_DIFFERENCE
+
+
 # The "local" approximation
 
 
