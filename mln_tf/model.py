@@ -159,8 +159,11 @@ class MetaLabelNet(keras.Model):
             `compile`. Defaults to `"all"`.
         meta_gradient: `"forward_mode"` or `"nested_tapes"`, how the meta-gradient's
             second-order term is computed; both are exact (see the formula above).
-            `"nested_tapes"` is the reference implementation. Usually set through
-            `compile`. Defaults to `"forward_mode"`, the faster.
+            `"nested_tapes"` is the reference implementation. Under a strategy with
+            several replicas and a synchronised `BatchNormalization` in the virtual step,
+            `"forward_mode"` warns and takes the nested tapes: forward-mode derivatives do
+            not cross replicas. Usually set through `compile`. Defaults to
+            `"forward_mode"`, the faster.
         virtual_scope: `"all"` or `"head"`, the weights the virtual step moves. `"all"` is
             the exact meta-gradient; `"head"` moves only the last `head_layers` layers that
             have trainable weights, a cheaper approximation. Usually set through
@@ -473,6 +476,34 @@ class MetaLabelNet(keras.Model):
             layers = layers[layers.index(self._head_layers()[0]) :]
         return [inner for layer in layers for inner in layer._flatten_layers()]
 
+    def _uses_forward_mode(self):
+        """Whether this trace takes the forward-mode meta-gradient; warns where it cannot.
+
+        TensorFlow's forward-mode autodiff does not carry tangents across replicas: through
+        a synchronised batch normalisation, whose moments are all-reduced, the product J_p v
+        would miss the other replicas' terms. There the nested tapes take over.
+        """
+        if self.meta_gradient != "forward_mode":
+            return False
+        if _num_replicas() == 1:
+            return True
+        synchronized = [
+            layer.name
+            for layer in self._virtual_path_layers()
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized
+        ]
+        if not synchronized:
+            return True
+        warnings.warn(
+            f'`meta_gradient="forward_mode"` falls back to "nested_tapes" under this '
+            f"{_num_replicas()}-replica strategy: the synchronised batch normalisation "
+            f"{', '.join(repr(name) for name in synchronized)} all-reduces its moments, "
+            "and forward-mode derivatives do not cross replicas. The meta-gradient stays "
+            'exact. Pass `meta_gradient="nested_tapes"` to silence this warning.',
+            stacklevel=2,
+        )
+        return False
+
     def _check_xla_max_pooling(self):
         for layer in self._virtual_path_layers():
             if isinstance(layer, MAX_POOLING_LAYERS) and layer.compute_dtype != "float32":
@@ -627,7 +658,7 @@ class MetaLabelNet(keras.Model):
 
         meta_step = (
             self._forward_mode_meta_step
-            if self.meta_gradient == "forward_mode"
+            if self._uses_forward_mode()
             else self._nested_tapes_meta_step
         )
         result = meta_step(

@@ -108,12 +108,19 @@ def test_metrics_are_aggregated_across_replicas(replicas, request):
 # The meta-gradient's two computations and the "head" scope under a strategy
 
 
-@pytest.mark.parametrize("virtual_step", ["all", "local"])
-def test_forward_mode_matches_nested_tapes_under_a_strategy(two_replicas, virtual_step):
-    forward = two_replicas["mirrored" if virtual_step == "all" else "local"]
-    nested = two_replicas[f"{'mirrored' if virtual_step == 'all' else 'local'}_nested"]
+def test_forward_mode_matches_nested_tapes_under_a_strategy(two_replicas):
+    forward, nested = two_replicas["unsynchronized"], two_replicas["unsynchronized_nested"]
+    assert int(forward["fallback_warnings"]) == 0  # forward mode really ran on the replicas
     for expected, actual in zip(_weights(nested), _weights(forward)):
         np.testing.assert_allclose(actual, expected, **TOLERANCE)
+
+
+def test_forward_mode_falls_back_to_nested_tapes_with_synchronized_batch_norm(two_replicas):
+    # The "mirrored" run, equal to one device above, has a synchronised BN in its virtual step.
+    assert int(two_replicas["mirrored"]["fallback_warnings"]) >= 1
+    assert int(two_replicas["single"]["fallback_warnings"]) == 0
+    # "head" moves the last dense layer only: no BN in its virtual step, no fallback.
+    assert int(two_replicas["mirrored_head"]["fallback_warnings"]) == 0
 
 
 def test_head_scope_on_replicas_matches_one_device(two_replicas):
