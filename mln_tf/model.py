@@ -22,10 +22,12 @@ DEFAULT_ENTROPY_WEIGHT = 1.0
 VIRTUAL_STEPS = ("all", "local")
 DEFAULT_VIRTUAL_STEP = "all"
 # How the second-order term of the meta-gradient is computed; both are exact.
-# "forward_mode": one Jacobian-vector product of the classifier's probabilities.
-# "nested_tapes": the reference, a reverse-mode derivative of the inner gradient.
-META_GRADIENTS = ("forward_mode", "nested_tapes")
-DEFAULT_META_GRADIENT = "forward_mode"
+# "nested_tapes": the reference, a reverse-mode derivative of the inner gradient. It reuses
+# the noisy batch's forward pass, and was the faster on the CPU (docs/performance.md).
+# "forward_mode": one Jacobian-vector product of the classifier's probabilities, which
+# recomputes that forward pass unless XLA merges it with the first.
+META_GRADIENTS = ("nested_tapes", "forward_mode")
+DEFAULT_META_GRADIENT = "nested_tapes"
 # Which weights the virtual step moves: "all" is exact; "head" moves only the last
 # `head_layers` layers that have weights, a cheaper approximation of the meta-gradient.
 VIRTUAL_SCOPES = ("all", "head")
@@ -108,12 +110,15 @@ class MetaLabelNet(keras.Model):
     θ        ← optimizer(θ, ∇_θ [L_c(θ; stop_gradient(g_φ(h(x)))) + w L_e(θ)])
     ```
 
-    The meta-gradient's second-order term, with `meta_gradient="forward_mode"` (the
-    default): L_c depends on ŷ only through −mean(p · log(ŷ + ε)), so the derivative of
-    the meta loss with respect to the soft labels is one Jacobian-vector product of the
-    classifier's probabilities p at θ along v, computed in forward mode, instead of a
-    reverse-mode derivative of the inner gradient (`meta_gradient="nested_tapes"`, the
-    reference). Both are exact.
+    The meta-gradient's second-order term, with `meta_gradient="forward_mode"`: L_c
+    depends on ŷ only through −mean(p · log(ŷ + ε)), so the derivative of the meta loss
+    with respect to the soft labels is one Jacobian-vector product of the classifier's
+    probabilities p at θ along v, computed in forward mode, instead of a reverse-mode
+    derivative of the inner gradient (`meta_gradient="nested_tapes"`, the default and
+    the reference). Both are exact. The nested tapes differentiate only through ŷ, so
+    their second backward is the same tangent pass on the activations already recorded;
+    the forward accumulator must run the forward pass again (1F), which made it the
+    slower one on the CPU without XLA, and as fast with XLA.
 
     Formula:
 
@@ -163,7 +168,7 @@ class MetaLabelNet(keras.Model):
             several replicas and a synchronised `BatchNormalization` in the virtual step,
             `"forward_mode"` warns and takes the nested tapes: forward-mode derivatives do
             not cross replicas. Usually set through `compile`. Defaults to
-            `"forward_mode"`, the faster.
+            `"nested_tapes"`, the faster on the CPU.
         virtual_scope: `"all"` or `"head"`, the weights the virtual step moves. `"all"` is
             the exact meta-gradient; `"head"` moves only the last `head_layers` layers that
             have trainable weights, a cheaper approximation. Usually set through
@@ -281,7 +286,7 @@ class MetaLabelNet(keras.Model):
                 `tf.distribute` strategy (see the class docstring). Defaults to keeping the
                 current value (`"all"` unless set before).
             meta_gradient: `"forward_mode"` or `"nested_tapes"` (see the class
-                docstring). Defaults to keeping the current value (`"forward_mode"` unless
+                docstring). Defaults to keeping the current value (`"nested_tapes"` unless
                 set before).
             virtual_scope: `"all"` or `"head"` (see the class docstring). Defaults to
                 keeping the current value (`"all"` unless set before).
@@ -923,8 +928,8 @@ def _check_meta_gradient(meta_gradient):
     if meta_gradient not in META_GRADIENTS:
         raise ValueError(
             "Invalid value for argument `meta_gradient`. "
-            f'Received: meta_gradient={meta_gradient!r}. Expected "forward_mode" (one '
-            'Jacobian-vector product, the default) or "nested_tapes" (the reference).'
+            f'Received: meta_gradient={meta_gradient!r}. Expected "nested_tapes" (the '
+            'default, reverse mode) or "forward_mode" (one Jacobian-vector product).'
         )
     return meta_gradient
 

@@ -50,7 +50,7 @@ def examples(seed, size=32, num_inputs=4):
         (
             {"meta_gradient": "double_backward"},
             "Invalid value for argument `meta_gradient`. Received: "
-            "meta_gradient='double_backward'. Expected \"forward_mode\"",
+            "meta_gradient='double_backward'. Expected \"nested_tapes\"",
         ),
         (
             {"virtual_scope": "last"},
@@ -80,13 +80,13 @@ def test_compile_rejects_invalid_options():
 
 def test_options_default_compile_and_survive_saving(tmp_path):
     model = mln_tf.MetaLabelNet(classifier(), feature_layer="features", head_layers=2)
-    assert (model.meta_gradient, model.virtual_scope) == ("forward_mode", "all")
-    model.compile(meta_gradient="nested_tapes", virtual_scope="head")
+    assert (model.meta_gradient, model.virtual_scope) == ("nested_tapes", "all")
+    model.compile(meta_gradient="forward_mode", virtual_scope="head")
     path = tmp_path / "model.keras"
     model.save(path)
     restored = keras.models.load_model(path)
     assert (restored.meta_gradient, restored.virtual_scope, restored.head_layers) == (
-        "nested_tapes",
+        "forward_mode",
         "head",
         2,
     )
