@@ -444,7 +444,8 @@ class MetaLabelNet(keras.Model):
 
         The extractor is frozen at the end of warm-up. Call this after training the
         classifier further (for example a warm-up run on `model.classifier`) to cut it
-        again from the current weights.
+        again from the current weights. Features cached with
+        `mln_tf.data.cache_features` are then stale: cache them again.
 
         Raises:
             ValueError: if the extractor was passed in as `feature_extractor=` rather than
