@@ -3,9 +3,18 @@
 All variants run in one process, interleaved step by step, on the same classifier
 architecture, batch size and data, so that machine noise hits them alike. The result is the
 median step time after warm-up and its ratio to the plain step of the same `jit_compile`
-setting. Peak memory is measured per variant in a fresh subprocess, as the rise of the
-peak during the steps: host RSS (VmHWM) on the CPU, `tf.config.experimental.get_memory_info`
-on a GPU.
+setting (the `*_fit` variants: to `plain_fit`). Peak memory is measured per variant in a
+fresh subprocess, as the rise of the peak during the steps: host RSS (VmHWM) on the CPU,
+`tf.config.experimental.get_memory_info` on a GPU.
+
+Variants (`VARIANTS`): `plain` is Keras' own `train_step` with sparse cross-entropy;
+`nested` and `forward` are the exact meta step with `meta_gradient="nested_tapes"` and
+`"forward_mode"`; `+cache` feeds cached frozen features with the batch
+(`mln_tf.data.cache_features`); `head` is `virtual_scope="head"` (nested tapes;
+`head_forward` with forward mode); `bf16` builds the classifier
+under the `mixed_bfloat16` policy; `*_fit` runs the step the way `fit` does, through
+`model.make_train_function()` on a dataset iterator. The others call a `tf.function` of
+`train_step` on one batch.
 
 Usage:
 
@@ -35,27 +44,71 @@ MODELS = {
     "cifar10_cnn": (mln_tf.models.cifar10_cnn, (32, 32, 3)),
 }
 NUM_CLASSES = 10
-METHODS = ("plain", "meta")
+# name: (meta_gradient, cached features, virtual_scope, dtype policy, through fit's function);
+# meta_gradient None is the plain cross-entropy step.
+VARIANTS = {
+    "plain": (None, False, None, "float32", False),
+    "nested": ("nested_tapes", False, "all", "float32", False),
+    "nested+cache": ("nested_tapes", True, "all", "float32", False),
+    "forward": ("forward_mode", False, "all", "float32", False),
+    "forward+cache": ("forward_mode", True, "all", "float32", False),
+    "head": ("nested_tapes", False, "head", "float32", False),
+    "head+cache": ("nested_tapes", True, "head", "float32", False),
+    "head_forward+cache": ("forward_mode", True, "head", "float32", False),
+    "plain_bf16": (None, False, None, "mixed_bfloat16", False),
+    "nested+cache_bf16": ("nested_tapes", True, "all", "mixed_bfloat16", False),
+    "head+cache_bf16": ("nested_tapes", True, "head", "mixed_bfloat16", False),
+    "plain_fit": (None, False, None, "float32", True),
+    "nested+cache_fit": ("nested_tapes", True, "all", "float32", True),
+    "head+cache_fit": ("nested_tapes", True, "head", "float32", True),
+}
+DEFAULT_VARIANTS = tuple(VARIANTS)
 
 
-def make_step(model_name, method, jit_compile, batch_size, seed=0):
-    """A compiled training step and the batch it trains on."""
+def is_legal(variant, jit_compile):
+    """XLA cannot compile max-pooling's second derivative outside float32 (KERAS_NOTES)."""
+    meta_gradient, _, scope, policy, _ = VARIANTS[variant]
+    return not (jit_compile and meta_gradient and scope == "all" and policy != "float32")
+
+
+def baseline_of(variant):
+    return "plain_fit" if VARIANTS[variant][4] else "plain"
+
+
+def make_step(model_name, variant, jit_compile, batch_size, seed=0):
+    """A compiled training step, as a function of no arguments that returns the loss."""
+    meta_gradient, cached, scope, policy, through_fit = VARIANTS[variant]
     keras.utils.set_random_seed(seed)
     builder, input_shape = MODELS[model_name]
     rng = np.random.default_rng(seed)
     x = tf.constant(rng.random((batch_size, *input_shape), dtype=np.float32))
     y = tf.constant(rng.integers(0, NUM_CLASSES, batch_size).astype("int32"))
-    classifier = builder(num_classes=NUM_CLASSES)
-    if method == "plain":
+    keras.config.set_dtype_policy(policy)
+    try:
+        classifier = builder(num_classes=NUM_CLASSES)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    if meta_gradient is None:
         classifier.compile(
             optimizer=mln_tf.model.paper_classifier_optimizer(),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=jit_compile,
         )
         model, batch = classifier, (x, y)
     else:
-        model = mln_tf.MetaLabelNet(classifier, feature_layer=mln_tf.models.FEATURE_LAYER)
-        model.compile()
-        batch = ((x, y), (x, y))
+        model = mln_tf.MetaLabelNet(
+            classifier,
+            feature_layer=mln_tf.models.FEATURE_LAYER,
+            meta_gradient=meta_gradient,
+            virtual_scope=scope,
+        )
+        model.compile(jit_compile=jit_compile)
+        noisy = (x, y, model.feature_extractor(x, training=False)) if cached else (x, y)
+        batch = (noisy, (x, y))
+    if through_fit:
+        model.make_train_function()
+        iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+        return lambda: float(model.train_function(iterator)["loss"])
     step = tf.function(model.train_step, jit_compile=jit_compile)
     return lambda: float(step(batch)["loss"])
 
@@ -76,14 +129,14 @@ def peak_memory_bytes():
     return _proc_status_kb("VmHWM") * 1024
 
 
-def measure_memory(model_name, method, jit_compile, batch_size, steps=5):
+def measure_memory(model_name, variant, jit_compile, batch_size, steps=5):
     """Peak memory of the steps alone, in a fresh process so that peaks do not mix.
 
     Returns the peak after the steps minus the peak before the first one (after the model,
     its optimizer state and the batch exist), in bytes.
     """
     command = [
-        sys.executable, __file__, "--memory-of", f"{model_name}:{method}:{int(jit_compile)}",
+        sys.executable, __file__, "--memory-of", f"{model_name}:{variant}:{int(jit_compile)}",
         "--batch-size", str(batch_size), "--steps", str(steps),
     ]  # fmt: skip
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -91,36 +144,40 @@ def measure_memory(model_name, method, jit_compile, batch_size, steps=5):
     return int(after) - int(before)
 
 
-def run(models, jit_settings, batch_size, steps, warmup, memory=True):
+def run(models, variants, jit_settings, batch_size, steps, warmup, memory=True):
     rows = []
     for model_name in models:
-        variants = {
-            (method, jit): make_step(model_name, method, jit, batch_size)
+        steps_of = {
+            (variant, jit): make_step(model_name, variant, jit, batch_size)
             for jit in jit_settings
-            for method in METHODS
+            for variant in variants
+            if is_legal(variant, jit)
         }
-        for step in variants.values():
+        for step in steps_of.values():
             for _ in range(warmup):  # traces, compiles and warms caches
                 step()
-        times = {key: [] for key in variants}
+        times = {key: [] for key in steps_of}
         for _ in range(steps):
-            for key, step in variants.items():
+            for key, step in steps_of.items():
                 start = time.perf_counter()
                 step()
                 times[key].append(time.perf_counter() - start)
-        for (method, jit), samples in times.items():
-            plain = statistics.median(times[("plain", jit)])
+        for (variant, jit), samples in times.items():
+            baseline = times.get((baseline_of(variant), jit))
             median = statistics.median(samples)
             row = {
                 "model": model_name,
-                "method": method,
+                "variant": variant,
                 "jit_compile": jit,
                 "batch_size": batch_size,
                 "median_ms": 1000 * median,
-                "ratio_to_plain": median / plain,
+                "ratio_to_plain": median / statistics.median(baseline) if baseline else None,
+                # The fastest step, less sensitive to other processes on a shared machine
+                "min_ms": 1000 * min(samples),
+                "min_ratio_to_plain": min(samples) / min(baseline) if baseline else None,
             }
             if memory:
-                row["step_memory_mb"] = measure_memory(model_name, method, jit, batch_size) / 2**20
+                row["step_memory_mb"] = measure_memory(model_name, variant, jit, batch_size) / 2**20
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -129,17 +186,22 @@ def run(models, jit_settings, batch_size, steps, warmup, memory=True):
 def markdown_table(rows):
     memory = "step_memory_mb" in rows[0]
     lines = [
-        "| model | step | jit_compile | median ms | × plain |"
-        + (" step peak MB |" if memory else ""),
-        "|---|---|---|---|---|" + ("---|" if memory else ""),
+        "| model | variant | jit_compile | median ms | × plain | min ms | min × plain |"
+        + (" step peak MB | memory × plain |" if memory else ""),
+        "|---|---|---|---|---|---|---|" + ("---|---|" if memory else ""),
     ]
+    peaks = {(r["model"], r["variant"], r["jit_compile"]): r.get("step_memory_mb") for r in rows}
     for row in rows:
+        ratio, min_ratio = row["ratio_to_plain"], row["min_ratio_to_plain"]
         line = (
-            f"| {row['model']} | {row['method']} | {row['jit_compile']} | "
-            f"{row['median_ms']:.1f} | {row['ratio_to_plain']:.2f} |"
+            f"| {row['model']} | {row['variant']} | {row['jit_compile']} | "
+            f"{row['median_ms']:.1f} | {'—' if ratio is None else f'{ratio:.2f}'} | "
+            f"{row['min_ms']:.1f} | {'—' if min_ratio is None else f'{min_ratio:.2f}'} |"
         )
         if memory:
-            line += f" {row['step_memory_mb']:.0f} |"
+            plain = peaks.get((row["model"], baseline_of(row["variant"]), row["jit_compile"]))
+            relative = "—" if not plain or plain <= 0 else f"{row['step_memory_mb'] / plain:.2f}"
+            line += f" {row['step_memory_mb']:.0f} | {relative} |"
         lines.append(line)
     return "\n".join(lines)
 
@@ -153,6 +215,7 @@ def machine_description():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["fashion_cnn"], choices=sorted(MODELS))
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS)
     parser.add_argument("--jit", choices=["both", "on", "off"], default="both")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30)
@@ -163,8 +226,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if args.memory_of:
-        model_name, method, jit = args.memory_of.split(":")
-        step = make_step(model_name, method, bool(int(jit)), args.batch_size)
+        model_name, variant, jit = args.memory_of.split(":")
+        step = make_step(model_name, variant, bool(int(jit)), args.batch_size)
         before = peak_memory_bytes()
         for _ in range(args.steps):
             step()
@@ -173,7 +236,13 @@ def main(argv=None):
 
     jit_settings = {"both": (False, True), "on": (True,), "off": (False,)}[args.jit]
     rows = run(
-        args.models, jit_settings, args.batch_size, args.steps, args.warmup, not args.no_memory
+        args.models,
+        args.variants,
+        jit_settings,
+        args.batch_size,
+        args.steps,
+        args.warmup,
+        not args.no_memory,
     )
     os.makedirs(args.out, exist_ok=True)
     result = {

@@ -21,9 +21,27 @@ DEFAULT_ENTROPY_WEIGHT = 1.0
 # "local": each replica steps on its own shard only (an approximation; one all-reduce less).
 VIRTUAL_STEPS = ("all", "local")
 DEFAULT_VIRTUAL_STEP = "all"
+# How the second-order term of the meta-gradient is computed; both are exact.
+# "nested_tapes": the reference, a reverse-mode derivative of the inner gradient. It reuses
+# the noisy batch's forward pass, and was the faster on the CPU (docs/performance.md).
+# "forward_mode": one Jacobian-vector product of the classifier's probabilities, which
+# recomputes that forward pass unless XLA merges it with the first.
+META_GRADIENTS = ("nested_tapes", "forward_mode")
+DEFAULT_META_GRADIENT = "nested_tapes"
+# Which weights the virtual step moves: "all" is exact; "head" moves only the last
+# `head_layers` layers that have weights, a cheaper approximation of the meta-gradient.
+VIRTUAL_SCOPES = ("all", "head")
+DEFAULT_VIRTUAL_SCOPE = "all"
+DEFAULT_HEAD_LAYERS = 1
+MAX_POOLING_LAYERS = (
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.MaxPooling3D,
+)
 
 BATCH_STRUCTURE = (
-    "Expected each training batch to be `((x, y), (x_meta, y_meta))` or "
+    "Expected each training batch to be `((x, y), (x_meta, y_meta))`, "
+    "`((x, y, features), (x_meta, y_meta))` with cached frozen features, or "
     "`(x, (x_meta, y_meta))` for unlabeled noisy data; `mln_tf.data.with_meta(...)` "
     "builds such a dataset."
 )
@@ -92,6 +110,30 @@ class MetaLabelNet(keras.Model):
     θ        ← optimizer(θ, ∇_θ [L_c(θ; stop_gradient(g_φ(h(x)))) + w L_e(θ)])
     ```
 
+    The meta-gradient's second-order term, with `meta_gradient="forward_mode"`: L_c
+    depends on ŷ only through −mean(p · log(ŷ + ε)), so the derivative of the meta loss
+    with respect to the soft labels is one Jacobian-vector product of the classifier's
+    probabilities p at θ along v, computed in forward mode, instead of a reverse-mode
+    derivative of the inner gradient (`meta_gradient="nested_tapes"`, the default and
+    the reference). Both are exact. The nested tapes differentiate only through ŷ, so
+    their second backward is the same tangent pass on the activations already recorded;
+    the forward accumulator must run the forward pass again (1F), which made it the
+    slower one on the CPU without XLA, and as fast with XLA.
+
+    Formula:
+
+    ```
+    v           = ∇_θ̂ L_m(θ̂)                                   (on the meta batch)
+    J_p v       = d/dε p(θ + ε v) at ε = 0                      (ForwardAccumulator)
+    ∂L_m/∂ŷ_ij  = α (J_p v)_ij / ((ŷ_ij + 1e-10) · B · C)
+    ∇_φ L_m     = (∂ŷ/∂φ)ᵀ ∂L_m/∂ŷ                              (the generator's backward)
+    ```
+
+    With `virtual_scope="head"`, θ̂ moves only the last layer(s) with weights, θ̂ =
+    (θ_body, θ_head − α ∇_θ_head L_c), and v and the product J_p v are taken along θ_head
+    only: an approximation of the meta-gradient that skips the body's backward passes. The
+    classifier's own update still trains every weight.
+
     Training data: each element is `((x, y), (x_meta, y_meta))`, with integer labels and
     `y = -1` for unlabeled examples, or `(x, (x_meta, y_meta))` for a batch without labels.
     `mln_tf.data.with_meta` builds it. `evaluate` and `validation_data` take ordinary
@@ -120,6 +162,19 @@ class MetaLabelNet(keras.Model):
             `"local"` is an approximation: each replica steps on its own shard and skips
             that all-reduce. Without a strategy both are the same. Usually set through
             `compile`. Defaults to `"all"`.
+        meta_gradient: `"forward_mode"` or `"nested_tapes"`, how the meta-gradient's
+            second-order term is computed; both are exact (see the formula above).
+            `"nested_tapes"` is the reference implementation. Under a strategy with
+            several replicas and a synchronised `BatchNormalization` in the virtual step,
+            `"forward_mode"` warns and takes the nested tapes: forward-mode derivatives do
+            not cross replicas. Usually set through `compile`. Defaults to
+            `"nested_tapes"`, the faster on the CPU.
+        virtual_scope: `"all"` or `"head"`, the weights the virtual step moves. `"all"` is
+            the exact meta-gradient; `"head"` moves only the last `head_layers` layers that
+            have trainable weights, a cheaper approximation. Usually set through
+            `compile`. Defaults to `"all"`.
+        head_layers: int, the number of trailing layers with trainable weights that
+            `virtual_scope="head"` moves. Defaults to 1, the last dense layer.
         generator_optimizer: the label generator's `keras.optimizers.Optimizer`. Usually
             set through `compile`. Defaults to Adam(1e-3, weight_decay=1e-4).
         feature_extractor: a `keras.Model` mapping images to features, to use instead of
@@ -146,6 +201,9 @@ class MetaLabelNet(keras.Model):
         virtual_lr=DEFAULT_VIRTUAL_LR,
         entropy_weight=DEFAULT_ENTROPY_WEIGHT,
         virtual_step=DEFAULT_VIRTUAL_STEP,
+        meta_gradient=DEFAULT_META_GRADIENT,
+        virtual_scope=DEFAULT_VIRTUAL_SCOPE,
+        head_layers=DEFAULT_HEAD_LAYERS,
         generator_optimizer=None,
         feature_extractor=None,
         label_generator=None,
@@ -161,6 +219,9 @@ class MetaLabelNet(keras.Model):
         self.virtual_lr = _check_virtual_lr(virtual_lr)
         self.entropy_weight = _check_entropy_weight(entropy_weight)
         self.virtual_step = _check_virtual_step(virtual_step)
+        self.meta_gradient = _check_meta_gradient(meta_gradient)
+        self.virtual_scope = _check_virtual_scope(virtual_scope)
+        self.head_layers = _check_head_layers(head_layers, classifier)
 
         if feature_extractor is None:
             feature_extractor = _freeze_feature_extractor(classifier, feature_layer)
@@ -203,6 +264,8 @@ class MetaLabelNet(keras.Model):
         virtual_lr=None,
         entropy_weight=None,
         virtual_step=None,
+        meta_gradient=None,
+        virtual_scope=None,
         *,
         loss=None,
         metrics=None,
@@ -222,12 +285,20 @@ class MetaLabelNet(keras.Model):
             virtual_step: `"all"` or `"local"`, the virtual step's batch under a
                 `tf.distribute` strategy (see the class docstring). Defaults to keeping the
                 current value (`"all"` unless set before).
+            meta_gradient: `"forward_mode"` or `"nested_tapes"` (see the class
+                docstring). Defaults to keeping the current value (`"nested_tapes"` unless
+                set before).
+            virtual_scope: `"all"` or `"head"` (see the class docstring). Defaults to
+                keeping the current value (`"all"` unless set before).
             loss: must be `None`: MetaLabelNet computes its own losses.
             metrics: must be `None`: MetaLabelNet reports its own metrics.
             **kwargs: passed to `keras.Model.compile` (`jit_compile`, `steps_per_execution`,
                 `run_eagerly`, ...). `jit_compile` defaults to Keras' `"auto"`. Under a
                 `tf.distribute` strategy Keras compiles no step with XLA: `jit_compile=True`
-                then warns and proceeds with `jit_compile=False`.
+                then warns and proceeds with `jit_compile=False`. XLA compiles the
+                second derivative of max-pooling in float32 only: with a float64 or
+                mixed-precision classifier whose max-pooling lies in the virtual step,
+                `jit_compile=True` raises a `ValueError`.
         """
         if loss is not None:
             raise ValueError(
@@ -246,6 +317,10 @@ class MetaLabelNet(keras.Model):
             self.entropy_weight = _check_entropy_weight(entropy_weight)
         if virtual_step is not None:
             self.virtual_step = _check_virtual_step(virtual_step)
+        if meta_gradient is not None:
+            self.meta_gradient = _check_meta_gradient(meta_gradient)
+        if virtual_scope is not None:
+            self.virtual_scope = _check_virtual_scope(virtual_scope)
         if kwargs.get("jit_compile") is True and (
             self._distribute_strategy is not None or tf.distribute.has_strategy()
         ):
@@ -263,6 +338,8 @@ class MetaLabelNet(keras.Model):
             self.generator_optimizer = generator_optimizer
         optimizer = keras.optimizers.get(optimizer or paper_classifier_optimizer())
         super().compile(optimizer=optimizer, **kwargs)
+        if self.jit_compile:
+            self._check_xla_max_pooling()
         # Only the classifier's variables: Keras would otherwise build it on the generator's too.
         if not self.optimizer.built:
             self.optimizer.build(self.classifier.trainable_variables)
@@ -280,6 +357,9 @@ class MetaLabelNet(keras.Model):
                 "virtual_lr": self.virtual_lr,
                 "entropy_weight": self.entropy_weight,
                 "virtual_step": self.virtual_step,
+                "meta_gradient": self.meta_gradient,
+                "virtual_scope": self.virtual_scope,
+                "head_layers": self.head_layers,
                 "generator_optimizer": keras.saving.serialize_keras_object(
                     self.generator_optimizer
                 ),
@@ -364,7 +444,8 @@ class MetaLabelNet(keras.Model):
 
         The extractor is frozen at the end of warm-up. Call this after training the
         classifier further (for example a warm-up run on `model.classifier`) to cut it
-        again from the current weights.
+        again from the current weights. Features cached with
+        `mln_tf.data.cache_features` are then stale: cache them again.
 
         Raises:
             ValueError: if the extractor was passed in as `feature_extractor=` rather than
@@ -382,8 +463,190 @@ class MetaLabelNet(keras.Model):
 
     # Training
 
+    def _virtual_indices(self):
+        """Indices into the classifier's trainable variables that the virtual step moves."""
+        trainable = self.classifier.trainable_variables
+        if self.virtual_scope == "all":
+            return list(range(len(trainable)))
+        head = {id(v) for layer in self._head_layers() for v in layer.trainable_weights}
+        return [index for index, variable in enumerate(trainable) if id(variable) in head]
+
+    def _head_layers(self):
+        weighted = [layer for layer in self.classifier.layers if layer.trainable_weights]
+        return weighted[-self.head_layers :]
+
+    def _virtual_path_layers(self):
+        """The classifier's layers (nested ones flattened) from the first moved layer on."""
+        layers = self.classifier.layers
+        if self.virtual_scope == "head":
+            layers = layers[layers.index(self._head_layers()[0]) :]
+        return [inner for layer in layers for inner in layer._flatten_layers()]
+
+    def _uses_forward_mode(self):
+        """Whether this trace takes the forward-mode meta-gradient; warns where it cannot.
+
+        TensorFlow's forward-mode autodiff does not carry tangents across replicas: through
+        a synchronised batch normalisation, whose moments are all-reduced, the product J_p v
+        would miss the other replicas' terms. There the nested tapes take over.
+        """
+        if self.meta_gradient != "forward_mode":
+            return False
+        if _num_replicas() == 1:
+            return True
+        synchronized = [
+            layer.name
+            for layer in self._virtual_path_layers()
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized
+        ]
+        if not synchronized:
+            return True
+        warnings.warn(
+            f'`meta_gradient="forward_mode"` falls back to "nested_tapes" under this '
+            f"{_num_replicas()}-replica strategy: the synchronised batch normalisation "
+            f"{', '.join(repr(name) for name in synchronized)} all-reduces its moments, "
+            "and forward-mode derivatives do not cross replicas. The meta-gradient stays "
+            'exact. Pass `meta_gradient="nested_tapes"` to silence this warning.',
+            stacklevel=2,
+        )
+        return False
+
+    def _check_xla_max_pooling(self):
+        for layer in self._virtual_path_layers():
+            if isinstance(layer, MAX_POOLING_LAYERS) and layer.compute_dtype != "float32":
+                raise ValueError(
+                    f"Invalid value for argument `jit_compile`. Received: jit_compile=True "
+                    f"with the max-pooling layer {layer.name!r} computing in "
+                    f"{layer.compute_dtype} inside the virtual step. Expected "
+                    "jit_compile=False: XLA compiles the second derivative of max-pooling "
+                    "in float32 only. Compile with `jit_compile=False`, build the classifier "
+                    'in float32, or use `virtual_scope="head"` so that the virtual step '
+                    "stops after the max-pooling."
+                )
+
+    def _classifier_logits(self, weights, state, images):
+        logits, new_state = self.classifier.stateless_call(weights, state, images, training=True)
+        # A mixed-precision classifier's logits; the losses are computed in float32.
+        if logits.dtype in (tf.float16, tf.bfloat16):
+            logits = tf.cast(logits, "float32")
+        return logits, new_state
+
+    def _fast_weights(self, theta, grads, virtual_indices):
+        """θ̂ = θ − α·g on the virtual step's variables, θ elsewhere."""
+        fast_weights = list(theta)
+        for index, grad in zip(virtual_indices, grads):
+            fast_weights[index] = theta[index] - self.virtual_lr * grad
+        return fast_weights
+
+    def _meta_loss(self, fast_weights, state, x_meta, y_meta):
+        """The meta loss at θ̂ and its share scaled for the replicas and the optimizer."""
+        meta_logits, _ = self._classifier_logits(fast_weights, state, x_meta)
+        meta_loss = losses.meta_loss(y_meta, meta_logits)
+        return meta_loss, self.generator_optimizer.scale_loss(_scale_for_replicas(meta_loss))
+
+    def _nested_tapes_meta_step(
+        self, theta, state, x, x_meta, y_meta, features, virtual_indices, global_virtual_step
+    ):
+        """The reference meta-gradient: reverse mode through the inner gradient."""
+        virtual_theta = [theta[index] for index in virtual_indices]
+        with tf.GradientTape() as meta_tape:
+            soft_labels = self.label_generator(features, training=True)
+            with tf.GradientTape(persistent=True) as classifier_tape:
+                classifier_tape.watch(theta)
+                logits, new_state = self._classifier_logits(theta, state, x)
+                label_loss = losses.soft_label_loss(logits, soft_labels)
+                virtual_loss = label_loss
+                if global_virtual_step:
+                    # This replica's share of the global-batch mean, as Keras scales losses
+                    virtual_loss = _scale_for_replicas(label_loss)
+            # Virtual step, differentiable with respect to φ through the soft labels
+            grads = classifier_tape.gradient(virtual_loss, virtual_theta)
+            if global_virtual_step:
+                # The global batch's gradient. The gradient of this all-reduce is the
+                # all-reduce of the incoming gradient: φ's gradient gathers every replica's
+                # meta loss.
+                grads = tf.distribute.get_replica_context().all_reduce("sum", grads)
+            fast_weights = self._fast_weights(theta, grads, virtual_indices)
+            # Meta loss on the clean batch; the virtual pass's BN updates are discarded
+            meta_loss, scaled_meta_loss = self._meta_loss(fast_weights, new_state, x_meta, y_meta)
+        generator_grads = meta_tape.gradient(
+            scaled_meta_loss, self.label_generator.trainable_variables
+        )
+        return {
+            "logits": logits,
+            "new_state": new_state,
+            "tape": classifier_tape,
+            "soft_labels": soft_labels,
+            "label_loss": label_loss,
+            "meta_loss": meta_loss,
+            "generator_grads": generator_grads,
+        }
+
+    def _forward_mode_meta_step(
+        self, theta, state, x, x_meta, y_meta, features, virtual_indices, global_virtual_step
+    ):
+        """The meta-gradient through one Jacobian-vector product (see the class formula)."""
+        virtual_theta = [theta[index] for index in virtual_indices]
+        with tf.GradientTape() as generator_tape:
+            soft_labels = self.label_generator(features, training=True)
+        with tf.GradientTape(persistent=True) as classifier_tape:
+            classifier_tape.watch(theta)
+            logits, new_state = self._classifier_logits(theta, state, x)
+            label_loss = losses.soft_label_loss(logits, tf.stop_gradient(soft_labels))
+            virtual_loss = label_loss
+            if global_virtual_step:
+                # This replica's share of the global-batch mean, as Keras scales losses
+                virtual_loss = _scale_for_replicas(label_loss)
+        # Virtual step, first order only: φ's gradient comes from the product below
+        grads = classifier_tape.gradient(virtual_loss, virtual_theta)
+        if global_virtual_step:
+            grads = tf.distribute.get_replica_context().all_reduce("sum", grads)
+        # Meta loss on the clean batch and v = ∇_θ̂ L_m; the virtual BN updates are discarded
+        fast_weights = self._fast_weights(theta, grads, virtual_indices)
+        virtual_fast_weights = [fast_weights[index] for index in virtual_indices]
+        with tf.GradientTape() as fast_tape:
+            fast_tape.watch(virtual_fast_weights)
+            meta_loss, scaled_meta_loss = self._meta_loss(fast_weights, new_state, x_meta, y_meta)
+        meta_grads = fast_tape.gradient(scaled_meta_loss, virtual_fast_weights)
+        if global_virtual_step:
+            # θ̂ is shared by the replicas: the meta loss of every replica moves it.
+            meta_grads = tf.distribute.get_replica_context().all_reduce("sum", meta_grads)
+        # J_p v at θ on the noisy batch: the same forward as above (same state, same
+        # dropout masks), which XLA and grappler merge with it; only the tangents are new.
+        with tf.autodiff.ForwardAccumulator(virtual_theta, meta_grads) as accumulator:
+            jvp_theta = list(theta)
+            for position, index in enumerate(virtual_indices):
+                jvp_theta[index] = virtual_theta[position]
+            jvp_logits, _ = self._classifier_logits(jvp_theta, state, x)
+        tangent_logits = accumulator.jvp(jvp_logits, unconnected_gradients="zero")
+        probs = tf.nn.softmax(logits, axis=-1)
+        tangent_probs = probs * (
+            tangent_logits - tf.reduce_sum(probs * tangent_logits, axis=-1, keepdims=True)
+        )
+        # ∂L_m/∂ŷ = α·(J_p v)/((ŷ + ε)·B·C), over N for a replica's share of the virtual loss
+        size = tf.cast(tf.size(probs), probs.dtype)
+        if global_virtual_step:
+            size = size * _num_replicas()
+        soft_labels_in_loss = tf.cast(soft_labels, probs.dtype)
+        soft_label_grads = (
+            self.virtual_lr * tangent_probs / ((soft_labels_in_loss + losses.LOG_EPSILON) * size)
+        )
+        generator_grads = generator_tape.gradient(
+            soft_labels,
+            self.label_generator.trainable_variables,
+            output_gradients=tf.cast(soft_label_grads, soft_labels.dtype),
+        )
+        return {
+            "logits": logits,
+            "new_state": new_state,
+            "tape": classifier_tape,
+            "soft_labels": soft_labels,
+            "label_loss": label_loss,
+            "meta_loss": meta_loss,
+            "generator_grads": generator_grads,
+        }
+
     def train_step(self, data):
-        x, y, x_meta, y_meta = self._unpack_batch(data)
+        x, y, features, x_meta, y_meta = self._unpack_batch(data)
         classifier = self.classifier
         trainable = classifier.trainable_variables
         non_trainable = classifier.non_trainable_variables
@@ -391,35 +654,25 @@ class MetaLabelNet(keras.Model):
         state = [variable.value for variable in non_trainable]
         generator_variables = self.label_generator.trainable_variables
         global_virtual_step = _num_replicas() > 1 and self.virtual_step == "all"
+        virtual_indices = self._virtual_indices()
 
-        # Frozen features of the noisy batch
-        features = self.feature_extractor(x, training=False)
+        # Frozen features of the noisy batch, unless the batch carries them
+        if features is None:
+            features = self.feature_extractor(x, training=False)
+        else:
+            features = tf.cast(features, self.label_generator.compute_dtype)
 
-        with tf.GradientTape() as meta_tape:
-            soft_labels = self.label_generator(features, training=True)
-            with tf.GradientTape(persistent=True) as classifier_tape:
-                classifier_tape.watch(theta)
-                logits, new_state = classifier.stateless_call(theta, state, x, training=True)
-                label_loss = losses.soft_label_loss(logits, soft_labels)
-                virtual_loss = label_loss
-                if global_virtual_step:
-                    # This replica's share of the global-batch mean, as Keras scales losses
-                    virtual_loss = _scale_for_replicas(label_loss)
-            # Virtual step, differentiable with respect to φ through the soft labels
-            grads = classifier_tape.gradient(virtual_loss, theta)
-            if global_virtual_step:
-                # The global batch's gradient. The gradient of this all-reduce is the
-                # all-reduce of the incoming gradient: φ's gradient gathers every replica's
-                # meta loss.
-                grads = tf.distribute.get_replica_context().all_reduce("sum", grads)
-            fast_weights = [w - self.virtual_lr * g for w, g in zip(theta, grads)]
-            # Meta loss on the clean batch; the virtual pass's BN updates are discarded
-            meta_logits, _ = classifier.stateless_call(
-                fast_weights, new_state, x_meta, training=True
-            )
-            meta_loss = losses.meta_loss(y_meta, meta_logits)
-            scaled_meta_loss = self.generator_optimizer.scale_loss(_scale_for_replicas(meta_loss))
-        generator_grads = meta_tape.gradient(scaled_meta_loss, generator_variables)
+        meta_step = (
+            self._forward_mode_meta_step
+            if self._uses_forward_mode()
+            else self._nested_tapes_meta_step
+        )
+        result = meta_step(
+            theta, state, x, x_meta, y_meta, features, virtual_indices, global_virtual_step
+        )
+        logits, new_state, classifier_tape = result["logits"], result["new_state"], result["tape"]
+        soft_labels, label_loss = result["soft_labels"], result["label_loss"]
+        meta_loss, generator_grads = result["meta_loss"], result["generator_grads"]
 
         labels_ok = _on_all_replicas(self._labels_in_range(y, y_meta))
         step_ok = tf.logical_and(
@@ -502,8 +755,11 @@ class MetaLabelNet(keras.Model):
                 f"Invalid training batch of structure {_structure(data)}. {BATCH_STRUCTURE}"
             )
         noisy, meta = data
+        features = None
         if isinstance(noisy, (tuple, list)):
-            if len(noisy) == 2:
+            if len(noisy) == 3:
+                x, y, features = noisy
+            elif len(noisy) == 2:
                 x, y = noisy
             elif len(noisy) == 1:
                 (x,), y = noisy, None
@@ -521,13 +777,26 @@ class MetaLabelNet(keras.Model):
         x_meta, y_meta = meta
         self._check_images_shape(x, "x")
         self._check_images_shape(x_meta, "x_meta")
+        if features is not None:
+            self._check_features_shape(features)
         if y is not None:
             self._check_labels_shape(y, "y")
             y = tf.reshape(tf.cast(y, tf.int32), [-1])
         self._check_meta_labels(y_meta)
         if not (y_meta.dtype.is_floating and y_meta.shape.rank == 2 and y_meta.shape[-1] != 1):
             y_meta = tf.reshape(tf.cast(y_meta, tf.int32), [-1])
-        return x, y, x_meta, y_meta
+        return x, y, features, x_meta, y_meta
+
+    def _check_features_shape(self, features):
+        expected = tuple(self.feature_extractor.output_shape[1:])
+        received = tuple(features.shape[1:])
+        if received != expected or not features.dtype.is_floating:
+            raise ValueError(
+                f"The cached features of the noisy batch have shape {received} and dtype "
+                f"{features.dtype.name}, but the frozen feature extractor outputs float "
+                f"features of shape {expected}. Compute them with "
+                "`mln_tf.data.cache_features(noisy, model.feature_extractor)`."
+            )
 
     def _check_images_shape(self, images, name):
         expected = tuple(self.classifier.input_shape[1:])
@@ -654,6 +923,41 @@ def _check_virtual_step(virtual_step):
             'gradient) or "local" (each replica\'s own shard, an approximation).'
         )
     return virtual_step
+
+
+def _check_meta_gradient(meta_gradient):
+    if meta_gradient not in META_GRADIENTS:
+        raise ValueError(
+            "Invalid value for argument `meta_gradient`. "
+            f'Received: meta_gradient={meta_gradient!r}. Expected "nested_tapes" (the '
+            'default, reverse mode) or "forward_mode" (one Jacobian-vector product).'
+        )
+    return meta_gradient
+
+
+def _check_virtual_scope(virtual_scope):
+    if virtual_scope not in VIRTUAL_SCOPES:
+        raise ValueError(
+            "Invalid value for argument `virtual_scope`. "
+            f'Received: virtual_scope={virtual_scope!r}. Expected "all" (the exact '
+            'meta-gradient) or "head" (the virtual step moves the last layer(s) only).'
+        )
+    return virtual_scope
+
+
+def _check_head_layers(head_layers, classifier):
+    weighted = [layer.name for layer in classifier.layers if layer.trainable_weights]
+    if (
+        not isinstance(head_layers, int)
+        or isinstance(head_layers, bool)
+        or not 1 <= head_layers <= len(weighted)
+    ):
+        raise ValueError(
+            f"Invalid value for argument `head_layers`. Received: head_layers={head_layers!r}. "
+            f"Expected an integer from 1 to {len(weighted)}, the number of the classifier's "
+            f"layers with trainable weights ({', '.join(weighted)})."
+        )
+    return head_layers
 
 
 def _check_created_in_scope(model):

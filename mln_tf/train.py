@@ -91,6 +91,8 @@ class TrainConfig:
         generator_learning_rate: float, β. Defaults to 1e-3.
         virtual_lr: float, α. Defaults to 1.0.
         entropy_weight: float. Defaults to 1.0.
+        virtual_scope: str, `"all"` (the exact meta-gradient) or `"head"` (the virtual step
+            moves the classifier's last layer only; `MetaLabelNet`). Defaults to `"all"`.
         seed: int. Defaults to 0.
         jit_compile: bool or `"auto"`. Defaults to `"auto"` (XLA on a GPU only).
         deterministic: bool, whether to enable TensorFlow's deterministic ops. Defaults to
@@ -125,6 +127,7 @@ class TrainConfig:
     generator_learning_rate: float = 1e-3
     virtual_lr: float = 1.0
     entropy_weight: float = 1.0
+    virtual_scope: str = "all"
     seed: int = 0
     jit_compile: object = "auto"
     deterministic: bool = False
@@ -442,6 +445,7 @@ def _meta_label_net_stage(session, warm_up_dir):
             generator_optimizer=paper_generator_optimizer(config.generator_learning_rate),
             virtual_lr=config.virtual_lr,
             entropy_weight=config.entropy_weight,
+            virtual_scope=config.virtual_scope,
             # Under a strategy Keras runs without XLA; MetaLabelNet warns if it was asked.
             jit_compile=config.jit_compile,
         )

@@ -17,6 +17,7 @@ Everything is float64 and deterministic, so the runs agree to round-off.
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -75,6 +76,8 @@ def train(
     data=None,
     steps=STEPS,
     evaluate=True,
+    meta_gradient="forward_mode",
+    virtual_scope="all",
 ):
     """Trains from `initial_weights()`; returns weights, history and evaluation results.
 
@@ -87,7 +90,12 @@ def train(
     with strategy.scope():
         model_classifier = classifier(synchronized)
         model_classifier.set_weights(classifier_weights)
-        model = mln_tf.MetaLabelNet(model_classifier, feature_layer="features")
+        model = mln_tf.MetaLabelNet(
+            model_classifier,
+            feature_layer="features",
+            meta_gradient=meta_gradient,
+            virtual_scope=virtual_scope,
+        )
         model.label_generator.set_weights(generator_weights)
         model.compile(
             optimizer=keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=1e-3),
@@ -100,7 +108,12 @@ def train(
     dataset = tf.data.Dataset.from_tensor_slices(train_data).take(steps)
     result = {f"initial_{i}": w.numpy() for i, w in enumerate(model.weights)}
     result["initial_dense_kernel"], result["initial_dense_bias"] = classifier_weights[:2]
-    history = model.fit(dataset, epochs=1, verbose=0).history
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(dataset, epochs=1, verbose=0).history
+    result["fallback_warnings"] = np.array(
+        sum('falls back to "nested_tapes"' in str(w.message) for w in caught)
+    )
     result.update({f"weight_{i}": w.numpy() for i, w in enumerate(model.weights)})
     # Each replica's copy of the BN moving mean (one copy on one device)
     moving_mean = model_classifier.get_layer("bn").moving_mean.value
@@ -141,6 +154,14 @@ def replicas_main(devices, path, short=False):
         save(path, runs)
         return
     runs["local"] = train(strategy, virtual_step="local", evaluate=False)
+    # Forward mode against the reference under the strategy. With synchronised BN,
+    # forward mode falls back to the nested tapes; without, it runs on each replica.
+    runs["unsynchronized"] = train(strategy, synchronized=False, evaluate=False)
+    runs["unsynchronized_nested"] = train(
+        strategy, synchronized=False, meta_gradient="nested_tapes", evaluate=False
+    )
+    runs["single_head"] = train(default, virtual_scope="head", evaluate=False)
+    runs["mirrored_head"] = train(strategy, virtual_scope="head", evaluate=False)
     # With Keras' default unsynchronised BN, one "local" step on N replicas is N one-device
     # steps on the shards: the generator's step is the mean of theirs.
     runs["local_sgd"] = train(

@@ -105,6 +105,32 @@ def test_metrics_are_aggregated_across_replicas(replicas, request):
         np.testing.assert_allclose(mirrored[key], single[key], **TOLERANCE)
 
 
+# The meta-gradient's two computations and the "head" scope under a strategy
+
+
+def test_forward_mode_matches_nested_tapes_under_a_strategy(two_replicas):
+    forward, nested = two_replicas["unsynchronized"], two_replicas["unsynchronized_nested"]
+    assert int(forward["fallback_warnings"]) == 0  # forward mode really ran on the replicas
+    for expected, actual in zip(_weights(nested), _weights(forward)):
+        np.testing.assert_allclose(actual, expected, **TOLERANCE)
+
+
+def test_forward_mode_falls_back_to_nested_tapes_with_synchronized_batch_norm(two_replicas):
+    # The "mirrored" run, equal to one device above, has a synchronised BN in its virtual step.
+    assert int(two_replicas["mirrored"]["fallback_warnings"]) >= 1
+    assert int(two_replicas["single"]["fallback_warnings"]) == 0
+    # "head" moves the last dense layer only: no BN in its virtual step, no fallback.
+    assert int(two_replicas["mirrored_head"]["fallback_warnings"]) == 0
+
+
+def test_head_scope_on_replicas_matches_one_device(two_replicas):
+    single, mirrored = two_replicas["single_head"], two_replicas["mirrored_head"]
+    for expected, actual in zip(_weights(single), _weights(mirrored)):
+        np.testing.assert_allclose(actual, expected, **TOLERANCE)
+    # "head" is another step than "all": the comparison is not vacuous.
+    assert _max_difference(single, two_replicas["single"]) > APPROXIMATION_MIN_DIFFERENCE
+
+
 # The "local" approximation
 
 

@@ -17,6 +17,7 @@ MODULES = [
     "mln_tf.noise.registry",
     "mln_tf.noise.probabilities",
     "mln_tf.data",
+    "mln_tf.data.pipeline",
     "mln_tf.data.splits",
     "mln_tf.data.preprocessing",
     "mln_tf.data.sources",

@@ -9,7 +9,8 @@ by index, never from a test split) and an optional unlabeled set D_u.
 - `load_cifar10_n`, `load_cifar100_n`, `load_controlled_noisy_web_labels`: real noisy
   datasets from TFDS, with a meta set carved out of their training split.
 - `split_validation`: a clean validation set held out of the meta set, for tuning.
-- `with_meta`, `preprocess`, `batched`: `tf.data` pipelines for `MetaLabelNet.fit`.
+- `with_meta`, `cache_features`, `preprocess`, `batched`: `tf.data` pipelines for
+  `MetaLabelNet.fit`.
 - Importing this package registers the TFDS builders `noisy_fashion_mnist`,
   `noisy_digits` and `clothing1m`.
 
@@ -35,7 +36,7 @@ from mln_tf.data.noisy_data import (
     make_noisy_split,
     split_validation,
 )
-from mln_tf.data.pipeline import UNLABELED, with_meta
+from mln_tf.data.pipeline import UNLABELED, cache_features, with_meta
 from mln_tf.data.preprocessing import (
     batched,
     channel_stats,
@@ -65,6 +66,7 @@ __all__ = [
     "NoisyData",
     "NoisySplit",
     "batched",
+    "cache_features",
     "channel_stats",
     "datasets",
     "load_cifar100_n",

@@ -9,9 +9,12 @@ Each element of a MetaLabelNet training dataset is a pair of batches:
   unlabeled example carries `y = -1` (`UNLABELED`).
 - `(x_meta, y_meta)`: a batch of the small clean meta set, with integer labels.
 
-`MetaLabelNet.train_step` also accepts `(x, (x_meta, y_meta))`, a noisy batch without labels.
+`MetaLabelNet.train_step` also accepts `(x, (x_meta, y_meta))`, a noisy batch without labels,
+and `((x, y, features), (x_meta, y_meta))`, where `features` are the frozen extractor's
+features of `x`, computed once per dataset by `cache_features` instead of once per step.
 """
 
+import numpy as np
 import tensorflow as tf
 
 # Label value that marks an unlabeled example inside a labeled batch.
@@ -33,12 +36,62 @@ def _check_unbatched(dataset, name):
         )
 
 
-def _check_labeled(dataset, name):
+def _check_labeled(dataset, name, allow_features=False):
     spec = dataset.element_spec
-    if not (isinstance(spec, tuple) and len(spec) == 2):
+    lengths = (2, 3) if allow_features else (2,)
+    if not (isinstance(spec, tuple) and len(spec) in lengths):
+        expected = "`(image, label)` pairs"
+        if allow_features:
+            expected += " or `(image, label, features)` triples from `cache_features`"
+        raise ValueError(f"`{name}` must yield {expected}. Received elements of structure {spec}.")
+
+
+def cache_features(dataset, feature_extractor, *, batch_size=256):
+    """Computes the frozen features of every example once and carries them with it.
+
+    Without augmentation, the frozen feature extractor maps each image to the same features
+    at every step. Computing them once here saves `MetaLabelNet` one extractor forward pass
+    per step (about one classifier forward). The features are held in memory: N examples
+    times the feature size in float32 (59,000 × 128 floats, 30 MB, for Fashion-MNIST).
+
+    Use it only when the images reach the model unchanged: random augmentation inside the
+    pipeline would make the cached features those of other images. After
+    `MetaLabelNet.refresh_feature_extractor()`, cache them again.
+
+    Args:
+        dataset: `tf.data.Dataset` of single `(image, label)` examples, in a fixed order
+            (not shuffled): the features are matched to examples by position.
+        feature_extractor: the frozen `keras.Model` mapping images to features, usually
+            `model.feature_extractor` of a `MetaLabelNet`.
+        batch_size: int, the batch size of the extraction. Defaults to 256.
+
+    Returns:
+        A `tf.data.Dataset` of single `(image, label, features)` examples, for `with_meta`.
+
+    Example:
+
+    >>> import keras
+    >>> extractor = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> x = tf.zeros((8, 4)); y = tf.zeros((8,), tf.int32)
+    >>> cached = cache_features(tf.data.Dataset.from_tensor_slices((x, y)), extractor)
+    >>> [tuple(t.shape) for t in cached.element_spec]
+    [(4,), (), (3,)]
+    """
+    _check_unbatched(dataset, "dataset")
+    _check_labeled(dataset, "dataset")
+    if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(
-            f"`{name}` must yield `(image, label)` pairs. Received elements of structure {spec}."
+            f"Invalid value for argument `batch_size`. Received: batch_size={batch_size!r}. "
+            "Expected a positive integer."
         )
+    extract = tf.function(lambda images: feature_extractor(images, training=False))
+    chunks = [extract(images).numpy() for images, _ in dataset.batch(batch_size)]
+    if not chunks:
+        raise ValueError("`dataset` is empty: there are no features to cache.")
+    features = tf.data.Dataset.from_tensor_slices(np.concatenate(chunks).astype("float32"))
+    return tf.data.Dataset.zip((dataset, features)).map(
+        lambda example, feature: (*example, feature)
+    )
 
 
 def _check_not_empty(dataset, name):
@@ -68,7 +121,8 @@ def with_meta(
     given). The meta set is repeated and reshuffled, so it never runs out.
 
     Args:
-        noisy: `tf.data.Dataset` of single `(image, label)` examples with noisy labels.
+        noisy: `tf.data.Dataset` of single `(image, label)` examples with noisy labels, or
+            `(image, label, features)` examples from `cache_features`.
         meta: `tf.data.Dataset` of single `(image, label)` examples with clean labels.
         batch_size: int, the noisy batch size.
         meta_batch_size: int, the meta batch size. Defaults to `batch_size`, as in the paper.
@@ -81,8 +135,9 @@ def with_meta(
         prefetch: bool, whether to prefetch batches. Defaults to `True`.
 
     Returns:
-        A `tf.data.Dataset` of `((x, y), (x_meta, y_meta))` with static batch dimensions
-        (`drop_remainder=True`, which XLA needs).
+        A `tf.data.Dataset` of `((x, y), (x_meta, y_meta))`, or of
+        `((x, y, features), (x_meta, y_meta))` for cached features, with static batch
+        dimensions (`drop_remainder=True`, which XLA needs).
 
     Example:
 
@@ -105,10 +160,18 @@ def with_meta(
         )
     for name, dataset in (("noisy", noisy), ("meta", meta)):
         _check_unbatched(dataset, name)
-        _check_labeled(dataset, name)
+        _check_labeled(dataset, name, allow_features=name == "noisy")
         _check_not_empty(dataset, name)
+    cached = len(noisy.element_spec) == 3
+    if cached and unlabeled is not None:
+        raise ValueError(
+            "`noisy` carries cached features but `unlabeled` does not: mixing the two would "
+            "give batches of two structures. Pass `unlabeled` with labels set to -1 "
+            "(`mln_tf.data.UNLABELED`) inside `noisy` before `cache_features`, or do not "
+            "cache the features."
+        )
 
-    noisy = noisy.map(lambda x, y: (x, tf.cast(y, tf.int32)))
+    noisy = noisy.map(lambda x, y, *features: (x, tf.cast(y, tf.int32), *features))
     if shuffle:
         noisy = noisy.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     noisy_batches = noisy.batch(batch_size, drop_remainder=True)
