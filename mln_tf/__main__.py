@@ -53,6 +53,9 @@ def build_parser():
         help=f"α, the virtual step size (default: {DEFAULTS.virtual_lr})")  # fmt: skip
     add("--entropy-weight", dest="entropy_weight", type=float,
         help=f"weight of the entropy loss (default: {DEFAULTS.entropy_weight})")  # fmt: skip
+    add("--virtual-scope", dest="virtual_scope", choices=["all", "head"],
+        help="the virtual step's weights: all (exact) or the last layer (cheaper; "
+        f"default: {DEFAULTS.virtual_scope})")  # fmt: skip
     add("--seed", type=int, help=f"random seed (default: {DEFAULTS.seed})")
     add("--jit", dest="jit_compile", action=argparse.BooleanOptionalAction, default=None,
         help="XLA (default: Keras' auto, on a GPU only)")  # fmt: skip

@@ -463,8 +463,10 @@ def _meta_label_net_stage(session, warm_up_dir):
             wrong[config.max_train_examples :] = False
         correction = LabelCorrection(data.train_images[wrong], data.train_clean_labels[wrong])
         callbacks.insert(0, correction)
+    # No augmentation here: the frozen features are computed once, not at every step.
+    train = mln_data.cache_features(session.train, model.feature_extractor)
     stream = mln_data.with_meta(
-        session.train, data.meta, config.batch_size, seed=config.seed + config.stage1
+        train, data.meta, config.batch_size, seed=config.seed + config.stage1
     )
     history = _fit_stage(session, "meta_label_net", model, stream, config.stage1, config.stage2,
                          *callbacks)  # fmt: skip
