@@ -24,7 +24,6 @@ def build_parser():
         description="Trains a shared cross-entropy warm-up, then cross-entropy and "
         "MetaLabelNet from it, and reports their test accuracy. Running the same command "
         "again resumes an interrupted run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = train.add_argument
     add("--preset", choices=sorted(PRESETS), help="the paper's hyper-parameters for a dataset")
