@@ -419,7 +419,10 @@ def _warm_up(session):
     # Publish the finished warm-up atomically, for every later run with these settings.
     temporary = cache_dir.with_name(cache_dir.name + f".tmp{os.getpid()}")
     shutil.copytree(stage_dir, temporary, dirs_exist_ok=True)
-    os.replace(temporary, cache_dir) if not cache_dir.exists() else shutil.rmtree(temporary)
+    if cache_dir.exists():  # another run with these settings published it first
+        shutil.rmtree(temporary)
+    else:
+        os.replace(temporary, cache_dir)
     return stage_dir, history, False
 
 
