@@ -61,11 +61,19 @@ def parse_override(text):
     return name, value
 
 
-def run_grid(settings, seeds, out_dir, overrides=None, verbose=0):
-    """Runs (or reads back) every cell; returns `{setting: {method: [accuracy per seed]}}`."""
-    overrides = dict(overrides or {})
+def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
+             clean_reference=False):  # fmt: skip
+    """Runs (or reads back) every cell; returns `{setting: {method: [accuracy per seed]}}`.
+
+    With `clean_reference`, cross-entropy on the true labels is trained in the first
+    setting's cells only and reported for every setting: the split of the training images,
+    and so their true labels, depends on the seed alone.
+    """
     table = {}
-    for noise, rate in settings:
+    for index, (noise, rate) in enumerate(settings):
+        cell_overrides = dict(overrides or {})
+        if clean_reference and index == 0:
+            cell_overrides["clean_reference"] = True
         key = f"{noise}:{rate:g}"
         table[key] = {}
         for seed in seeds:
@@ -75,12 +83,20 @@ def run_grid(settings, seeds, out_dir, overrides=None, verbose=0):
                 with open(results_path) as f:
                     results = json.load(f)
             else:
-                config = train.TrainConfig(noise=noise, rate=rate, seed=seed, **overrides)
+                fields = dict(noise=noise, rate=rate, seed=seed, **cell_overrides)
+                if preset:
+                    config = train.TrainConfig.from_preset(preset, **fields)
+                else:
+                    config = train.TrainConfig(**fields)
                 print(f"[{key}, seed {seed}] {folder}", flush=True)
                 results = train.run(config, folder, verbose=verbose)
             for method, result in results["methods"].items():
                 accuracy = result["test_accuracy_best_on_meta"]
                 table[key].setdefault(method, []).append(accuracy)
+    if clean_reference:
+        first = next(iter(table.values()))
+        for methods in table.values():
+            methods.setdefault("clean_reference", first["clean_reference"])
     return table
 
 
@@ -127,13 +143,18 @@ def main(argv=None):
     parser.add_argument("--settings", nargs="+", type=parse_setting,
                         default=[parse_setting(s) for s in DEFAULT_SETTINGS])  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--preset", choices=list(train.PRESETS),
+                        help="start every cell from a preset, e.g. paper")  # fmt: skip
+    parser.add_argument("--with-clean-reference", dest="clean_reference", action="store_true",
+                        help="train cross-entropy on the true labels once per seed")  # fmt: skip
     parser.add_argument("--set", dest="overrides", nargs="*", type=parse_override, default=[],
                         help="TrainConfig fields for every cell, e.g. dataset=digits")  # fmt: skip
     parser.add_argument("--out", default=os.path.join("benchmarks", "results", "accuracy"))
     parser.add_argument("--verbose", type=int, default=0)
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    table = run_grid(args.settings, args.seeds, args.out, dict(args.overrides), args.verbose)
+    table = run_grid(args.settings, args.seeds, args.out, dict(args.overrides), args.verbose,
+                     args.preset, args.clean_reference)  # fmt: skip
     summary = summarize(table)
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {

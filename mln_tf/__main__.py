@@ -26,7 +26,9 @@ def build_parser():
         "again resumes an interrupted run.",
     )
     add = train.add_argument
-    add("--preset", choices=sorted(PRESETS), help="the paper's hyper-parameters for a dataset")
+    add("--preset", choices=sorted(PRESETS),
+        help="paper: the authors' algorithm; cifar10, clothing1m, food101n, webvision: "
+        "also the paper's hyper-parameters for that dataset")  # fmt: skip
     add("--dataset", help=f"one of {', '.join(DATASETS)} (default: {DEFAULTS.dataset})")
     add("--data-dir", dest="data_dir", help="folder of the dataset's files")
     add("--noise", help=f"noise model, or CIFAR-10N label set (default: {DEFAULTS.noise})")
@@ -55,6 +57,17 @@ def build_parser():
     add("--virtual-scope", dest="virtual_scope", choices=["all", "head"],
         help="the virtual step's weights: all (exact) or the last layer (cheaper; "
         f"default: {DEFAULTS.virtual_scope})")  # fmt: skip
+    add("--label-input", dest="label_input", action=argparse.BooleanOptionalAction,
+        default=None, help="the generator also sees the given label "
+        f"(default: {DEFAULTS.label_input})")  # fmt: skip
+    add("--generator-init", dest="generator_init", choices=["random", "classifier_head"],
+        help=f"the generator's first weights (default: {DEFAULTS.generator_init})")  # fmt: skip
+    add("--label-trust", dest="label_trust", type=float,
+        help=f"the given label's first logit bonus (default: {DEFAULTS.label_trust})")  # fmt: skip
+    add("--loss-scale", dest="loss_scale", choices=["mean", "sum_over_classes"],
+        help=f"reduction of the soft-label losses (default: {DEFAULTS.loss_scale})")  # fmt: skip
+    add("--label-loss", dest="label_loss", choices=["reverse_kl", "cross_entropy"],
+        help=f"the classifier's soft-label loss (default: {DEFAULTS.label_loss})")  # fmt: skip
     add("--seed", type=int, help=f"random seed (default: {DEFAULTS.seed})")
     add("--jit", dest="jit_compile", action=argparse.BooleanOptionalAction, default=None,
         help="XLA (default: Keras' auto, on a GPU only)")  # fmt: skip

@@ -61,22 +61,22 @@ class LabelCorrection(keras.callbacks.Callback):
     Args:
         images: array of the mislabelled training images.
         true_labels: array of their true classes.
+        given_labels: array of their (wrong) noisy labels, for a generator that takes
+            them (`label_input=True`). Defaults to `None`.
         batch_size: int, the prediction batch size. Defaults to 512.
     """
 
-    def __init__(self, images, true_labels, batch_size=512):
+    def __init__(self, images, true_labels, given_labels=None, batch_size=512):
         super().__init__()
         self.images = images
         self.true_labels = np.asarray(true_labels)
+        self.given_labels = None if given_labels is None else np.asarray(given_labels)
         self.batch_size = batch_size
         self.initial = None
 
     def fraction_corrected(self):
-        features = self.model.feature_extractor.predict(
-            self.images, batch_size=self.batch_size, verbose=0
-        )
-        soft_labels = self.model.label_generator.predict(
-            features, batch_size=self.batch_size, verbose=0
+        soft_labels = self.model.predict_soft_labels(
+            self.images, self.given_labels, batch_size=self.batch_size
         )
         return float(np.mean(np.argmax(soft_labels, axis=1) == self.true_labels))
 

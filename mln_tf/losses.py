@@ -20,12 +20,15 @@ import tensorflow as tf
 LOG_EPSILON = 1e-10
 
 
-def soft_label_loss(logits, soft_labels):
+def soft_label_loss(logits, soft_labels, sum_over_classes=False):
     """Reverse KL divergence from the classifier to the soft labels, averaged over B×C.
 
     Args:
         logits: float tensor of shape `(B, C)`, the classifier's logits.
         soft_labels: float tensor of shape `(B, C)`, probabilities per row.
+        sum_over_classes: bool, whether to sum over the classes and average over the batch
+            only (C times the authors' mean over B×C, the scale of ordinary
+            cross-entropy). Defaults to `False`.
 
     Returns:
         A scalar tensor. Its gradient reaches both `logits` and `soft_labels`.
@@ -45,14 +48,46 @@ def soft_label_loss(logits, soft_labels):
     log_probs = tf.nn.log_softmax(logits, axis=-1)
     probs = tf.exp(log_probs)
     log_soft_labels = tf.math.log(tf.cast(soft_labels, log_probs.dtype) + LOG_EPSILON)
-    return tf.reduce_mean(probs * (log_probs - log_soft_labels))
+    return _reduce(probs * (log_probs - log_soft_labels), sum_over_classes)
 
 
-def entropy_loss(logits):
+def soft_label_cross_entropy(logits, soft_labels, sum_over_classes=False):
+    """Cross-entropy of the classifier against the soft labels, averaged over B×C.
+
+    Unlike `soft_label_loss`, the soft label comes first: its gradient with respect to
+    the logits is p − ŷ (over C), as for ordinary cross-entropy, so a confident wrong
+    prediction is still pulled towards the soft label.
+
+    Args:
+        logits: float tensor of shape `(B, C)`, the classifier's logits.
+        soft_labels: float tensor of shape `(B, C)`, probabilities per row.
+        sum_over_classes: bool, as in `soft_label_loss`. Defaults to `False`.
+
+    Returns:
+        A scalar tensor. Its gradient reaches both `logits` and `soft_labels`.
+
+    Formula:
+
+    ```
+    loss = - mean_{i,j} q_ij * log p_ij,   p = softmax(z)
+    ```
+
+    Example:
+
+    >>> round(float(soft_label_cross_entropy(tf.zeros((1, 2)), tf.constant([[1.0, 0.0]]),
+    ...                                      sum_over_classes=True)), 4)  # log(2)
+    0.6931
+    """
+    log_probs = tf.nn.log_softmax(logits, axis=-1)
+    return -_reduce(tf.cast(soft_labels, log_probs.dtype) * log_probs, sum_over_classes)
+
+
+def entropy_loss(logits, sum_over_classes=False):
     """Entropy of the classifier's predictions, averaged over B×C.
 
     Args:
         logits: float tensor of shape `(B, C)`.
+        sum_over_classes: bool, as in `soft_label_loss`. Defaults to `False`.
 
     Returns:
         A scalar tensor.
@@ -69,7 +104,14 @@ def entropy_loss(logits):
     0.3466
     """
     log_probs = tf.nn.log_softmax(logits, axis=-1)
-    return -tf.reduce_mean(tf.exp(log_probs) * log_probs)
+    return -_reduce(tf.exp(log_probs) * log_probs, sum_over_classes)
+
+
+def _reduce(elementwise, sum_over_classes):
+    """The mean over B×C, or the batch mean of the sum over classes (C times larger)."""
+    if sum_over_classes:
+        return tf.reduce_mean(tf.reduce_sum(elementwise, axis=-1))
+    return tf.reduce_mean(elementwise)
 
 
 def meta_loss(labels, logits):

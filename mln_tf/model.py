@@ -10,6 +10,7 @@ import math
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from mln_tf import losses
@@ -33,6 +34,21 @@ DEFAULT_META_GRADIENT = "nested_tapes"
 VIRTUAL_SCOPES = ("all", "head")
 DEFAULT_VIRTUAL_SCOPE = "all"
 DEFAULT_HEAD_LAYERS = 1
+# How the generator's weights start: "random" (the authors' code) or "classifier_head", the
+# warmed-up classifier's last layer, so that the first soft labels are its predictions.
+GENERATOR_INITS = ("random", "classifier_head")
+DEFAULT_GENERATOR_INIT = "random"
+# "mean": L_c and L_e averaged over B×C (the authors' code, C times smaller than ordinary
+# cross-entropy); "sum_over_classes": summed over classes, averaged over the batch.
+LOSS_SCALES = ("mean", "sum_over_classes")
+DEFAULT_LOSS_SCALE = "mean"
+# The classifier's loss on the soft labels: "reverse_kl", KL(p‖ŷ) as in the authors' code, or
+# "cross_entropy", −Σ ŷ log p. Both the virtual step and the real update use it.
+LABEL_LOSSES = {
+    "reverse_kl": losses.soft_label_loss,
+    "cross_entropy": losses.soft_label_cross_entropy,
+}
+DEFAULT_LABEL_LOSS = "reverse_kl"
 MAX_POOLING_LAYERS = (
     keras.layers.MaxPooling1D,
     keras.layers.MaxPooling2D,
@@ -110,6 +126,21 @@ class MetaLabelNet(keras.Model):
     θ        ← optimizer(θ, ∇_θ [L_c(θ; stop_gradient(g_φ(h(x)))) + w L_e(θ)])
     ```
 
+    Options beyond the paper (its behaviour is the default of each):
+
+    - `label_input=True`: the generator also sees the given label, ŷ = softmax(W·h(x) +
+      V·onehot(ỹ) + b), and the meta-gradient learns V, how far to trust each given label
+      (V starts at `label_trust`·I). The authors' generator ignores ỹ, so under benign
+      noise it can only reproduce the warm-up network's own predictions.
+    - `generator_init="classifier_head"`: W and b start as the warmed-up classifier's last
+      layer, so the first soft labels are its predictions rather than random ones.
+    - `loss_scale="sum_over_classes"`: L_c and L_e are summed over classes (C times the
+      mean over B×C), the scale of ordinary cross-entropy, for the classifier's update and
+      the virtual step alike.
+    - `label_loss="cross_entropy"`: L_c = −mean ŷ·log p instead of KL(p‖ŷ). The reverse KL
+      with the entropy term is −Σ p log ŷ, whose gradient vanishes where p is already
+      confident, right or wrong; cross-entropy's is p − ŷ.
+
     The meta-gradient's second-order term, with `meta_gradient="forward_mode"`: L_c
     depends on ŷ only through −mean(p · log(ŷ + ε)), so the derivative of the meta loss
     with respect to the soft labels is one Jacobian-vector product of the classifier's
@@ -175,6 +206,17 @@ class MetaLabelNet(keras.Model):
             `compile`. Defaults to `"all"`.
         head_layers: int, the number of trailing layers with trainable weights that
             `virtual_scope="head"` moves. Defaults to 1, the last dense layer.
+        label_input: bool, whether the generator also takes the one-hot given label.
+            Defaults to `False`, the authors' generator.
+        generator_init: `"random"` or `"classifier_head"`, how the generator's feature
+            weights start. `"classifier_head"` needs the classifier's last layer to be a
+            `Dense` layer on the feature layer's output. Defaults to `"random"`.
+        label_trust: float, the initial logit bonus of the given label, V = label_trust·I
+            (with `label_input=True` only). Defaults to 0.0.
+        loss_scale: `"mean"` or `"sum_over_classes"`, the reduction of L_c and L_e.
+            Defaults to `"mean"`, the authors' code.
+        label_loss: `"reverse_kl"` or `"cross_entropy"`, L_c. Defaults to `"reverse_kl"`,
+            the authors' code.
         generator_optimizer: the label generator's `keras.optimizers.Optimizer`. Usually
             set through `compile`. Defaults to Adam(1e-3, weight_decay=1e-4).
         feature_extractor: a `keras.Model` mapping images to features, to use instead of
@@ -204,6 +246,11 @@ class MetaLabelNet(keras.Model):
         meta_gradient=DEFAULT_META_GRADIENT,
         virtual_scope=DEFAULT_VIRTUAL_SCOPE,
         head_layers=DEFAULT_HEAD_LAYERS,
+        label_input=False,
+        generator_init=DEFAULT_GENERATOR_INIT,
+        label_trust=0.0,
+        loss_scale=DEFAULT_LOSS_SCALE,
+        label_loss=DEFAULT_LABEL_LOSS,
         generator_optimizer=None,
         feature_extractor=None,
         label_generator=None,
@@ -222,6 +269,11 @@ class MetaLabelNet(keras.Model):
         self.meta_gradient = _check_meta_gradient(meta_gradient)
         self.virtual_scope = _check_virtual_scope(virtual_scope)
         self.head_layers = _check_head_layers(head_layers, classifier)
+        self.label_input = bool(label_input)
+        self.generator_init = _check_choice("generator_init", generator_init, GENERATOR_INITS)
+        self.label_trust = float(label_trust)
+        self.loss_scale = _check_choice("loss_scale", loss_scale, LOSS_SCALES)
+        self.label_loss = _check_choice("label_loss", label_loss, tuple(LABEL_LOSSES))
 
         if feature_extractor is None:
             feature_extractor = _freeze_feature_extractor(classifier, feature_layer)
@@ -236,7 +288,13 @@ class MetaLabelNet(keras.Model):
                 "Choose a dense or global-pooling layer as `feature_layer`."
             )
         if label_generator is None:
-            label_generator = _build_label_generator(feature_shape[-1], self.num_classes)
+            label_generator = _build_label_generator(
+                feature_shape[-1], self.num_classes, self.label_input
+            )
+            head = classifier.layers[-1] if self.generator_init == "classifier_head" else None
+            _initialize_label_generator(
+                label_generator, feature_shape[-1], head, self.label_input, self.label_trust
+            )
         self.label_generator = label_generator
 
         self.generator_optimizer = keras.optimizers.get(
@@ -360,6 +418,11 @@ class MetaLabelNet(keras.Model):
                 "meta_gradient": self.meta_gradient,
                 "virtual_scope": self.virtual_scope,
                 "head_layers": self.head_layers,
+                "label_input": self.label_input,
+                "generator_init": self.generator_init,
+                "label_trust": self.label_trust,
+                "loss_scale": self.loss_scale,
+                "label_loss": self.label_loss,
                 "generator_optimizer": keras.saving.serialize_keras_object(
                     self.generator_optimizer
                 ),
@@ -461,7 +524,45 @@ class MetaLabelNet(keras.Model):
             if layer.weights:
                 layer.set_weights(self.classifier.get_layer(layer.name).get_weights())
 
+    def generator_inputs(self, features, labels=None):
+        """The label generator's input: the features, and with `label_input` the one-hot
+        given label (a zero row where the label is -1, unlabeled, or absent)."""
+        if not self.label_input:
+            return features
+        if labels is None:
+            return tf.concat([features, tf.zeros_like(features[:, : self.num_classes])], -1)
+        one_hot = tf.one_hot(tf.reshape(tf.cast(labels, tf.int32), [-1]), self.num_classes)
+        return tf.concat([features, tf.cast(one_hot, features.dtype)], axis=-1)
+
+    def predict_soft_labels(self, images, labels=None, batch_size=512):
+        """The generator's soft labels ŷ for images (and their given labels), as numpy.
+
+        Args:
+            images: array of images, shaped as the classifier's input.
+            labels: int array of the given (noisy) labels; needed with `label_input=True`.
+            batch_size: int. Defaults to 512.
+
+        Returns:
+            A float array of shape `(N, C)`.
+        """
+        if self.label_input and labels is None:
+            raise ValueError(
+                "This MetaLabelNet's generator takes the given labels (`label_input=True`): "
+                "pass `labels=` to `predict_soft_labels`."
+            )
+        features = self.feature_extractor.predict(images, batch_size=batch_size, verbose=0)
+        inputs = self.generator_inputs(tf.convert_to_tensor(features), labels)
+        return self.label_generator.predict(inputs, batch_size=batch_size, verbose=0)
+
     # Training
+
+    def _soft_label_loss(self, logits, soft_labels):
+        """L_c, the configured loss at the configured scale."""
+        sum_over_classes = self.loss_scale == "sum_over_classes"
+        return LABEL_LOSSES[self.label_loss](logits, soft_labels, sum_over_classes)
+
+    def _entropy_loss(self, logits):
+        return losses.entropy_loss(logits, self.loss_scale == "sum_over_classes")
 
     def _virtual_indices(self):
         """Indices into the classifier's trainable variables that the virtual step moves."""
@@ -553,7 +654,7 @@ class MetaLabelNet(keras.Model):
             with tf.GradientTape(persistent=True) as classifier_tape:
                 classifier_tape.watch(theta)
                 logits, new_state = self._classifier_logits(theta, state, x)
-                label_loss = losses.soft_label_loss(logits, soft_labels)
+                label_loss = self._soft_label_loss(logits, soft_labels)
                 virtual_loss = label_loss
                 if global_virtual_step:
                     # This replica's share of the global-batch mean, as Keras scales losses
@@ -591,7 +692,7 @@ class MetaLabelNet(keras.Model):
         with tf.GradientTape(persistent=True) as classifier_tape:
             classifier_tape.watch(theta)
             logits, new_state = self._classifier_logits(theta, state, x)
-            label_loss = losses.soft_label_loss(logits, tf.stop_gradient(soft_labels))
+            label_loss = self._soft_label_loss(logits, tf.stop_gradient(soft_labels))
             virtual_loss = label_loss
             if global_virtual_step:
                 # This replica's share of the global-batch mean, as Keras scales losses
@@ -619,17 +720,26 @@ class MetaLabelNet(keras.Model):
             jvp_logits, _ = self._classifier_logits(jvp_theta, state, x)
         tangent_logits = accumulator.jvp(jvp_logits, unconnected_gradients="zero")
         probs = tf.nn.softmax(logits, axis=-1)
-        tangent_probs = probs * (
-            tangent_logits - tf.reduce_sum(probs * tangent_logits, axis=-1, keepdims=True)
+        tangent_log_probs = tangent_logits - tf.reduce_sum(
+            probs * tangent_logits, axis=-1, keepdims=True
         )
-        # ∂L_m/∂ŷ = α·(J_p v)/((ŷ + ε)·B·C), over N for a replica's share of the virtual loss
+        # ∂L_m/∂ŷ = α·(J_p v)/((ŷ + ε)·B·C) for the reverse KL, α·(J_log p v)/(B·C) for
+        # cross-entropy; B instead of B·C summed over classes; over N for a replica's share.
         size = tf.cast(tf.size(probs), probs.dtype)
+        if self.loss_scale == "sum_over_classes":
+            size = tf.cast(tf.shape(probs)[0], probs.dtype)
         if global_virtual_step:
             size = size * _num_replicas()
-        soft_labels_in_loss = tf.cast(soft_labels, probs.dtype)
-        soft_label_grads = (
-            self.virtual_lr * tangent_probs / ((soft_labels_in_loss + losses.LOG_EPSILON) * size)
-        )
+        if self.label_loss == "cross_entropy":
+            soft_label_grads = self.virtual_lr * tangent_log_probs / size
+        else:
+            soft_labels_in_loss = tf.cast(soft_labels, probs.dtype)
+            soft_label_grads = (
+                self.virtual_lr
+                * probs
+                * tangent_log_probs
+                / ((soft_labels_in_loss + losses.LOG_EPSILON) * size)
+            )
         generator_grads = generator_tape.gradient(
             soft_labels,
             self.label_generator.trainable_variables,
@@ -661,6 +771,7 @@ class MetaLabelNet(keras.Model):
             features = self.feature_extractor(x, training=False)
         else:
             features = tf.cast(features, self.label_generator.compute_dtype)
+        features = self.generator_inputs(features, y)
 
         meta_step = (
             self._forward_mode_meta_step
@@ -689,9 +800,9 @@ class MetaLabelNet(keras.Model):
         new_soft_labels = tf.stop_gradient(self.label_generator(features, training=False))
         with tf.GradientTape() as logits_tape:
             logits_tape.watch(logits)
-            loss = losses.soft_label_loss(logits, new_soft_labels)
+            loss = self._soft_label_loss(logits, new_soft_labels)
             if self.entropy_weight:
-                loss = loss + self.entropy_weight * losses.entropy_loss(logits)
+                loss = loss + self.entropy_weight * self._entropy_loss(logits)
             scaled_loss = self.optimizer.scale_loss(_scale_for_replicas(loss))
         logits_grads = logits_tape.gradient(scaled_loss, logits)
         classifier_grads = classifier_tape.gradient(logits, theta, output_gradients=logits_grads)
@@ -915,6 +1026,15 @@ def _check_entropy_weight(entropy_weight):
     return float(entropy_weight)
 
 
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Received: {name}={value!r}. Expected one "
+            f"of {', '.join(repr(choice) for choice in choices)}."
+        )
+    return value
+
+
 def _check_virtual_step(virtual_step):
     if virtual_step not in VIRTUAL_STEPS:
         raise ValueError(
@@ -1003,11 +1123,42 @@ def _freeze_feature_extractor(classifier, feature_layer):
     return extractor
 
 
-def _build_label_generator(num_features, num_classes):
-    """The single-layer perceptron g_φ: Dense(C) with softmax."""
-    inputs = keras.Input((num_features,), name="features")
+def _build_label_generator(num_features, num_classes, label_input=False):
+    """The single-layer perceptron g_φ: Dense(C) with softmax, on [h(x), onehot(ỹ)] with
+    `label_input`."""
+    size = num_features + num_classes if label_input else num_features
+    inputs = keras.Input((size,), name="features_and_label" if label_input else "features")
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="soft_labels")(inputs)
     return keras.Model(inputs, outputs, name="label_generator")
+
+
+def _initialize_label_generator(generator, num_features, head, label_input, label_trust):
+    """W, b from the classifier's last layer `head` (if given); V = label_trust·I."""
+    dense = generator.layers[-1]
+    kernel = keras.ops.convert_to_numpy(dense.kernel).copy()
+    bias = keras.ops.convert_to_numpy(dense.bias).copy()
+    num_classes = kernel.shape[1]
+    if head is not None:
+        expected = (num_features, num_classes)
+        head_kernel = getattr(head, "kernel", None)
+        if (
+            not isinstance(head, keras.layers.Dense)
+            or tuple(head_kernel.shape) != expected
+            or head.bias is None
+            or head.activation not in (keras.activations.linear, None)
+        ):
+            raise ValueError(
+                "Invalid value for argument `generator_init`. Received: generator_init="
+                f"'classifier_head', but the classifier's last layer {head.name!r} is not a "
+                f"Dense layer with a bias and no activation whose kernel has the shape "
+                f"{expected} of (features, classes). Use generator_init='random'."
+            )
+        kernel[:num_features] = keras.ops.convert_to_numpy(head_kernel)
+        bias[:] = keras.ops.convert_to_numpy(head.bias)
+    if label_input:
+        kernel[num_features:] = label_trust * np.eye(num_classes, dtype=kernel.dtype)
+    dense.kernel.assign(kernel)
+    dense.bias.assign(bias)
 
 
 def _serialize_model(model):

@@ -34,24 +34,34 @@ SYNTHETIC_DATASETS = ("fashion_mnist", "digits")
 HUMAN_NOISE_DATASETS = ("cifar10_n", "cifar100_n")
 DATASETS = SYNTHETIC_DATASETS + HUMAN_NOISE_DATASETS
 
+# The authors' algorithm, as their code runs it (ALGORITHM.md): a randomly initialised
+# generator that ignores the given label, losses averaged over B×C, α = 1, β = 1e-3.
+PAPER_ALGORITHM = dict(
+    generator_learning_rate=1e-3, virtual_lr=1.0, entropy_weight=1.0, virtual_scope="all",
+    label_input=False, generator_init="random", label_trust=0.0, loss_scale="mean",
+    label_loss="reverse_kl",
+)  # fmt: skip
+
 # The paper's hyper-parameters (ALGORITHM.md). Learning-rate boundaries are 0-based epochs.
+# "paper" is the authors' algorithm on the default data and schedule.
 PRESETS = {
-    "cifar10": dict(
+    "paper": PAPER_ALGORITHM,
+    "cifar10": PAPER_ALGORITHM | dict(
         dataset="cifar10_n", noise="worse", architecture="cifar10_cnn", batch_size=128,
         stage1=44, stage2=120, learning_rates=(1e-2, 1e-3, 1e-4), lr_boundaries=(40, 80),
         generator_learning_rate=1e-2, meta_size=5000,
     ),
-    "clothing1m": dict(
+    "clothing1m": PAPER_ALGORITHM | dict(
         dataset="clothing1m", noise="human", architecture="resnet50", batch_size=32,
         stage1=1, stage2=10, learning_rates=(1e-3, 1e-4), lr_boundaries=(5,),
         generator_learning_rate=1e-3, meta_size=5000,
     ),
-    "food101n": dict(
+    "food101n": PAPER_ALGORITHM | dict(
         dataset="food101n", noise="human", architecture="resnet50", batch_size=32,
         stage1=6, stage2=20, learning_rates=(1e-3, 1e-4, 1e-5), lr_boundaries=(5, 10),
         generator_learning_rate=1e-3, meta_size=10000,
     ),
-    "webvision": dict(
+    "webvision": PAPER_ALGORITHM | dict(
         dataset="webvision", noise="human", architecture="inception_resnet_v2",
         batch_size=25, stage1=14, stage2=30, learning_rates=(1e-2, 1e-3, 1e-4),
         lr_boundaries=(12, 30), generator_learning_rate=1e-3, meta_size=1000,
@@ -93,6 +103,16 @@ class TrainConfig:
         entropy_weight: float. Defaults to 1.0.
         virtual_scope: str, `"all"` (the exact meta-gradient) or `"head"` (the virtual step
             moves the classifier's last layer only; `MetaLabelNet`). Defaults to `"all"`.
+        label_input: bool, whether the generator also sees the given label
+            (`MetaLabelNet`). Defaults to `False`.
+        generator_init: str, `"random"` or `"classifier_head"` (`MetaLabelNet`).
+            Defaults to `"random"`.
+        label_trust: float, the given label's initial logit bonus with `label_input`.
+            Defaults to 0.0.
+        loss_scale: str, `"mean"` or `"sum_over_classes"` (`MetaLabelNet`). Defaults to
+            `"mean"`.
+        label_loss: str, `"reverse_kl"` or `"cross_entropy"` (`MetaLabelNet`). Defaults
+            to `"reverse_kl"`.
         seed: int. Defaults to 0.
         jit_compile: bool or `"auto"`. Defaults to `"auto"` (XLA on a GPU only).
         deterministic: bool, whether to enable TensorFlow's deterministic ops. Defaults to
@@ -126,8 +146,13 @@ class TrainConfig:
     lr_boundaries: tuple = ()
     generator_learning_rate: float = 1e-3
     virtual_lr: float = 1.0
-    entropy_weight: float = 1.0
-    virtual_scope: str = "all"
+    entropy_weight: float = 0.0
+    virtual_scope: str = "head"
+    label_input: bool = True
+    generator_init: str = "classifier_head"
+    label_trust: float = 5.0
+    loss_scale: str = "sum_over_classes"
+    label_loss: str = "cross_entropy"
     seed: int = 0
     jit_compile: object = "auto"
     deterministic: bool = False
@@ -442,7 +467,15 @@ def _meta_label_net_stage(session, warm_up_dir):
     keras.utils.set_random_seed(config.seed + 1)
     classifier = _warm_started_classifier(session, _cross_entropy(), warm_up_dir)
     with session.strategy.scope():
-        model = MetaLabelNet(classifier, feature_layer=models.FEATURE_LAYER)
+        model = MetaLabelNet(
+            classifier,
+            feature_layer=models.FEATURE_LAYER,
+            label_input=config.label_input,
+            generator_init=config.generator_init,
+            label_trust=config.label_trust,
+            loss_scale=config.loss_scale,
+            label_loss=config.label_loss,
+        )
         model.compile(
             optimizer=paper_classifier_optimizer(config.learning_rates[0]),
             generator_optimizer=paper_generator_optimizer(config.generator_learning_rate),
@@ -464,7 +497,10 @@ def _meta_label_net_stage(session, warm_up_dir):
         wrong = ~data.train_label_is_correct
         if config.max_train_examples:
             wrong[config.max_train_examples :] = False
-        correction = LabelCorrection(data.train_images[wrong], data.train_clean_labels[wrong])
+        correction = LabelCorrection(
+            data.train_images[wrong], data.train_clean_labels[wrong],
+            data.train_noisy_labels[wrong],
+        )  # fmt: skip
         callbacks.insert(0, correction)
     # No augmentation here: the frozen features are computed once, not at every step.
     train = mln_data.cache_features(session.train, model.feature_extractor)

@@ -53,3 +53,23 @@ def test_grid_arguments_are_checked():
         accuracy.parse_setting("symmetric")
     with pytest.raises(accuracy.argparse.ArgumentTypeError, match="with a field of TrainConfig"):
         accuracy.parse_override("alpha=1")
+
+
+def test_grid_with_a_preset_and_one_clean_reference_per_seed(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLN_TF_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "grid"
+    accuracy.main(["--preset", "paper", "--settings", "symmetric:0.4", "pair:0.45", "--seeds",
+                   "0", "--with-clean-reference", "--set", *TINY, "--out", str(out)])  # fmt: skip
+
+    first, second = (
+        json.loads((out / f"{cell}_seed0" / "config.json").read_text())
+        for cell in ("symmetric_0.4", "pair_0.45")
+    )
+    assert (first["preset"], first["label_input"], first["loss_scale"]) == (
+        "paper", False, "mean")  # fmt: skip
+    assert (first["clean_reference"], second["clean_reference"]) == (True, False)
+    runs = json.loads((out / "accuracy.json").read_text())["runs"]
+    cell = json.loads((out / "symmetric_0.4_seed0" / "results.json").read_text())
+    clean = cell["methods"]["clean_reference"]["test_accuracy_best_on_meta"]
+    assert runs["symmetric:0.4"]["clean_reference"] == runs["pair:0.45"]["clean_reference"]
+    assert runs["pair:0.45"]["clean_reference"] == [clean]
