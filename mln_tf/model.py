@@ -160,6 +160,10 @@ class MetaLabelNet(keras.Model):
     ∇_φ L_m     = (∂ŷ/∂φ)ᵀ ∂L_m/∂ŷ                              (the generator's backward)
     ```
 
+    With `label_loss="cross_entropy"` L_c depends on ŷ through −mean(ŷ · log p) instead,
+    and ∂L_m/∂ŷ_ij = α (J_log p v)_ij / (B · C); with `loss_scale="sum_over_classes"`,
+    B replaces B · C in both.
+
     With `virtual_scope="head"`, θ̂ moves only the last layer(s) with weights, θ̂ =
     (θ_body, θ_head − α ∇_θ_head L_c), and v and the product J_p v are taken along θ_head
     only: an approximation of the meta-gradient that skips the body's backward passes. The
@@ -530,7 +534,8 @@ class MetaLabelNet(keras.Model):
         if not self.label_input:
             return features
         if labels is None:
-            return tf.concat([features, tf.zeros_like(features[:, : self.num_classes])], -1)
+            zeros = tf.zeros([tf.shape(features)[0], self.num_classes], features.dtype)
+            return tf.concat([features, zeros], axis=-1)
         one_hot = tf.one_hot(tf.reshape(tf.cast(labels, tf.int32), [-1]), self.num_classes)
         return tf.concat([features, tf.cast(one_hot, features.dtype)], axis=-1)
 
