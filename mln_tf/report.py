@@ -32,6 +32,26 @@ def write_history(path, warm_up_history, histories):
                 f.write(",".join([method, str(epoch), *values]) + "\n")
 
 
+def _describe_meta_label_net(config):
+    """One sentence on which MetaLabelNet ran: the authors' or with the project's options."""
+    label = (
+        f"reads the given label (initial trust {config.label_trust:g})"
+        if config.label_input
+        else "ignores the given label"
+    )
+    start = {"random": "random weights", "classifier_head": "the warm-up's last layer"}
+    loss = {"reverse_kl": "the reverse KL divergence", "cross_entropy": "cross-entropy"}
+    scale = {"mean": "averaged over batch × classes", "sum_over_classes": "summed over classes"}
+    preset = f" (preset {config.preset!r})" if config.preset else ""
+    return (
+        f"MetaLabelNet{preset}: the generator {label}, starts from "
+        f"{start[config.generator_init]} and learns at β = {config.generator_learning_rate:g}; "
+        f"the classifier's loss is {loss[config.label_loss]} "
+        f"({scale[config.loss_scale]}) with entropy weight {config.entropy_weight:g}; "
+        f"α = {config.virtual_lr:g}, virtual scope {config.virtual_scope!r}."
+    )
+
+
 def format_report(config, results):
     """The markdown report: test accuracy of each method, best-on-meta and final epoch."""
     rate = f" at rate {config.rate}" if config.rate else ""
@@ -44,6 +64,8 @@ def format_report(config, results):
         f", stage 2 until epoch {config.stage2}, batch {config.batch_size}, seed {config.seed}. "
         f"Model selection: the epoch with the {results['model_selection']}; the final epoch "
         "is shown too. The test set is used for reporting only.",
+        "",
+        _describe_meta_label_net(config),
         "",
         "| method | test accuracy (best on meta) | best epoch | test accuracy (final) | "
         "s per epoch |",

@@ -94,6 +94,10 @@ def test_main_job_writes_its_files_and_reports_real_accuracies(finished_run):
     ) in report
     assert "| cross-entropy on the true labels (reference) |" in report
     assert "the epoch with the best accuracy on the clean meta set" in report
+    assert (
+        "MetaLabelNet: the generator reads the given label (initial trust 5), starts from the "
+        "warm-up's last layer and learns at β = 0.001" in report
+    )
 
 
 def test_learning_rate_follows_the_schedule(finished_run):
