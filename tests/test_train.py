@@ -206,7 +206,7 @@ def test_presets_hold_the_papers_hyper_parameters():
         "resnet50", 32, 1, 10
     )  # fmt: skip
     assert [clothing.learning_rate(epoch) for epoch in (4, 5, 9)] == [1e-3, 1e-4, 1e-4]
-    assert set(PRESETS) == {"cifar10", "clothing1m", "food101n", "webvision"}
+    assert set(PRESETS) == {"paper", "cifar10", "clothing1m", "food101n", "webvision"}
     food = TrainConfig.from_preset("food101n", dataset="digits", noise="symmetric")
     assert food.meta_size == 10000
 
