@@ -100,19 +100,20 @@ class TrainConfig:
             Defaults to `()`.
         generator_learning_rate: float, β. Defaults to 1e-3.
         virtual_lr: float, α. Defaults to 1.0.
-        entropy_weight: float. Defaults to 1.0.
+        entropy_weight: float. Defaults to 0.0 (the paper: 1.0).
         virtual_scope: str, `"all"` (the exact meta-gradient) or `"head"` (the virtual step
-            moves the classifier's last layer only; `MetaLabelNet`). Defaults to `"all"`.
+            moves the classifier's last layer only; `MetaLabelNet`). Defaults to `"head"`
+            (the paper: `"all"`).
         label_input: bool, whether the generator also sees the given label
-            (`MetaLabelNet`). Defaults to `False`.
+            (`MetaLabelNet`). Defaults to `True` (the paper: `False`).
         generator_init: str, `"random"` or `"classifier_head"` (`MetaLabelNet`).
-            Defaults to `"random"`.
+            Defaults to `"classifier_head"` (the paper: `"random"`).
         label_trust: float, the given label's initial logit bonus with `label_input`.
-            Defaults to 0.0.
+            Defaults to 5.0.
         loss_scale: str, `"mean"` or `"sum_over_classes"` (`MetaLabelNet`). Defaults to
-            `"mean"`.
+            `"sum_over_classes"` (the paper: `"mean"`).
         label_loss: str, `"reverse_kl"` or `"cross_entropy"` (`MetaLabelNet`). Defaults
-            to `"reverse_kl"`.
+            to `"cross_entropy"` (the paper: `"reverse_kl"`).
         seed: int. Defaults to 0.
         jit_compile: bool or `"auto"`. Defaults to `"auto"` (XLA on a GPU only).
         deterministic: bool, whether to enable TensorFlow's deterministic ops. Defaults to

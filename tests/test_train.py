@@ -1,9 +1,11 @@
 """The main job end to end on scikit-learn's digits: outputs, cache, resume and errors."""
 
+import ast
 import csv
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -290,3 +292,13 @@ def test_main_job_trains_under_a_mirrored_strategy(tmp_path):
     model = keras.models.load_model(out / "meta_label_net.keras")
     accuracy = np.mean(np.argmax(model.predict(data.test_images, verbose=0), 1) == data.test_labels)
     assert results["methods"]["meta_label_net"]["test_accuracy_final"] == pytest.approx(accuracy)
+
+
+def test_train_config_docstring_states_the_real_defaults():
+    doc = TrainConfig.__doc__
+    for field in dataclasses.fields(TrainConfig):
+        entry = re.search(rf"^ {{8}}{field.name}: (.*?)(?=^ {{8}}\w+: |\Z)", doc, re.S | re.M)
+        assert entry, f"TrainConfig's docstring does not describe {field.name!r}"
+        stated = re.search(r"Defaults to `?(.+?)`?(?: \(|\.$|, )", " ".join(entry[1].split()))
+        assert stated, f"TrainConfig's docstring gives no default for {field.name!r}"
+        assert ast.literal_eval(stated[1]) == field.default, field.name
