@@ -11,6 +11,10 @@ Usage:
         --seeds 0 1 --out benchmarks/results/accuracy
     python benchmarks/accuracy.py --settings symmetric:0.4 --seeds 0 1 \\
         --set virtual_lr=0.5 --out benchmarks/results/alpha_0.5   # an ablation
+
+An ablation that changes MetaLabelNet's options only can take the cross-entropy baseline
+from an earlier grid with `--baselines-from`: that stage depends on the warm-up's settings
+and the last epoch alone, which are checked before its checkpoint is copied.
 """
 
 import argparse
@@ -19,6 +23,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 
@@ -28,6 +33,8 @@ from mln_tf import train  # noqa: E402
 from mln_tf.report import METHOD_NAMES  # noqa: E402
 
 DEFAULT_SETTINGS = ("feature_dependent:0.4", "symmetric:0.4", "symmetric:0.8", "pair:0.45")
+# The settings that decide the cross-entropy baseline's result.
+BASELINE_FIELDS = (*train.WARM_UP_FIELDS, "stage2")
 
 
 def parse_setting(text):
@@ -61,13 +68,41 @@ def parse_override(text):
     return name, value
 
 
+def copy_baseline(source_folder, folder, config):
+    """Copies the finished cross-entropy stage of `source_folder` into `folder`.
+
+    Raises:
+        ValueError: if the source cell is missing, unfinished, or was run with settings
+            that change the baseline.
+    """
+    source_stage = os.path.join(source_folder, "stages", "cross_entropy")
+    config_path = os.path.join(source_folder, "config.json")
+    if not os.path.exists(os.path.join(source_folder, "results.json")):
+        raise ValueError(
+            f"--baselines-from: {source_folder!r} holds no finished run. Run that grid first, "
+            "or leave out --baselines-from."
+        )
+    with open(config_path) as f:
+        source = json.load(f)
+    wanted = json.loads(json.dumps(dataclasses.asdict(config)))
+    changed = [name for name in BASELINE_FIELDS if source.get(name) != wanted[name]]
+    if changed:
+        raise ValueError(
+            f"--baselines-from: {source_folder!r} ran the baseline with other settings (they "
+            f"differ in: {', '.join(changed)}). Leave out --baselines-from to train it."
+        )
+    shutil.copytree(source_stage, os.path.join(folder, "stages", "cross_entropy"),
+                    dirs_exist_ok=True)  # fmt: skip
+
+
 def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
-             clean_reference=False):  # fmt: skip
+             clean_reference=False, baselines_from=None):  # fmt: skip
     """Runs (or reads back) every cell; returns `{setting: {method: [accuracy per seed]}}`.
 
     With `clean_reference`, cross-entropy on the true labels is trained in the first
     setting's cells only and reported for every setting: the split of the training images,
-    and so their true labels, depends on the seed alone.
+    and so their true labels, depends on the seed alone. With `baselines_from`, a grid
+    folder, each cell copies its finished cross-entropy stage from the same cell there.
     """
     table = {}
     for index, (noise, rate) in enumerate(settings):
@@ -88,6 +123,9 @@ def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
                     config = train.TrainConfig.from_preset(preset, **fields)
                 else:
                     config = train.TrainConfig(**fields)
+                if baselines_from:
+                    copy_baseline(os.path.join(baselines_from, os.path.basename(folder)),
+                                  folder, config)  # fmt: skip
                 print(f"[{key}, seed {seed}] {folder}", flush=True)
                 results = train.run(config, folder, verbose=verbose)
             for method, result in results["methods"].items():
@@ -149,12 +187,14 @@ def main(argv=None):
                         help="train cross-entropy on the true labels once per seed")  # fmt: skip
     parser.add_argument("--set", dest="overrides", nargs="*", type=parse_override, default=[],
                         help="TrainConfig fields for every cell, e.g. dataset=digits")  # fmt: skip
+    parser.add_argument("--baselines-from", metavar="GRID",
+                        help="take each cell's cross-entropy stage from that grid")  # fmt: skip
     parser.add_argument("--out", default=os.path.join("benchmarks", "results", "accuracy"))
     parser.add_argument("--verbose", type=int, default=0)
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     table = run_grid(args.settings, args.seeds, args.out, dict(args.overrides), args.verbose,
-                     args.preset, args.clean_reference)  # fmt: skip
+                     args.preset, args.clean_reference, args.baselines_from)  # fmt: skip
     summary = summarize(table)
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {

@@ -73,3 +73,40 @@ def test_grid_with_a_preset_and_one_clean_reference_per_seed(tmp_path, monkeypat
     clean = cell["methods"]["clean_reference"]["test_accuracy_best_on_meta"]
     assert runs["symmetric:0.4"]["clean_reference"] == runs["pair:0.45"]["clean_reference"]
     assert runs["pair:0.45"]["clean_reference"] == [clean]
+
+
+def test_an_ablation_takes_the_baseline_from_an_earlier_grid(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLN_TF_CACHE_DIR", str(tmp_path / "cache"))
+    base, ablation = tmp_path / "base", tmp_path / "ablation"
+    common = ["--settings", "symmetric:0.4", "--seeds", "0"]
+    accuracy.main([*common, "--set", *TINY, "--out", str(base)])
+    # Mark the earlier baseline, so that the ablation can only report it by copying it.
+    state_path = base / "symmetric_0.4_seed0" / "stages" / "cross_entropy" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["history"]["meta_accuracy"][-1] = 1.0
+    state["history"]["test_accuracy"][-1] = 0.125
+    state_path.write_text(json.dumps(state))
+
+    accuracy.main([*common, "--set", *TINY, "entropy_weight=0.5", "--baselines-from", str(base),
+                   "--out", str(ablation)])  # fmt: skip
+
+    cell = ablation / "symmetric_0.4_seed0"
+    assert json.loads((cell / "config.json").read_text())["entropy_weight"] == 0.5
+    assert json.loads((cell / "stages" / "cross_entropy" / "state.json").read_text()) == state
+    runs = json.loads((ablation / "accuracy.json").read_text())["runs"]["symmetric:0.4"]
+    assert runs["cross_entropy"] == [0.125]
+    assert (cell / "stages" / "meta_label_net" / "state.json").exists()
+
+
+def test_an_ablation_refuses_a_baseline_trained_otherwise(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLN_TF_CACHE_DIR", str(tmp_path / "cache"))
+    base = tmp_path / "base"
+    common = ["--settings", "symmetric:0.4", "--seeds", "0"]
+    with pytest.raises(ValueError, match="holds no finished run"):
+        accuracy.main([*common, "--set", *TINY, "--baselines-from", str(base),
+                       "--out", str(tmp_path / "a")])  # fmt: skip
+    accuracy.main([*common, "--set", *TINY, "--out", str(base)])
+    with pytest.raises(ValueError, match=r"differ in: stage2\)\. Leave out --baselines-from"):
+        accuracy.main([*common, "--set", *TINY[:-2], "stage2=3", "batch_size=32",
+                       "--baselines-from", str(base), "--out", str(tmp_path / "b")])  # fmt: skip
+    assert not (tmp_path / "b" / "symmetric_0.4_seed0" / "stages").exists()
