@@ -49,6 +49,18 @@ LABEL_LOSSES = {
     "cross_entropy": losses.soft_label_cross_entropy,
 }
 DEFAULT_LABEL_LOSS = "reverse_kl"
+# MetaLabelNet's own defaults are the authors' algorithm. These options measured better
+# across four Fashion-MNIST noise settings (docs/accuracy.md); the main job's `TrainConfig`
+# and the Keras Tuner hypermodel start from them.
+RECOMMENDED_OPTIONS = dict(
+    entropy_weight=0.0,
+    virtual_scope="head",
+    label_input=True,
+    generator_init="classifier_head",
+    label_trust=5.0,
+    loss_scale="sum_over_classes",
+    label_loss="cross_entropy",
+)
 MAX_POOLING_LAYERS = (
     keras.layers.MaxPooling1D,
     keras.layers.MaxPooling2D,
@@ -292,14 +304,12 @@ class MetaLabelNet(keras.Model):
                 "Choose a dense or global-pooling layer as `feature_layer`."
             )
         if label_generator is None:
-            label_generator = _build_label_generator(
+            self.label_generator = _build_label_generator(
                 feature_shape[-1], self.num_classes, self.label_input
             )
-            head = classifier.layers[-1] if self.generator_init == "classifier_head" else None
-            _initialize_label_generator(
-                label_generator, feature_shape[-1], head, self.label_input, self.label_trust
-            )
-        self.label_generator = label_generator
+            self.initialize_label_generator()
+        else:
+            self.label_generator = label_generator
 
         self.generator_optimizer = keras.optimizers.get(
             generator_optimizer or paper_generator_optimizer()
@@ -527,6 +537,24 @@ class MetaLabelNet(keras.Model):
                 )
             if layer.weights:
                 layer.set_weights(self.classifier.get_layer(layer.name).get_weights())
+
+    def initialize_label_generator(self):
+        """Sets the generator's weights as `generator_init` and `label_trust` say, now.
+
+        With `generator_init="classifier_head"`, W and b are copied from the classifier's
+        last layer as it is now: call this after warming up `model.classifier` when the
+        model was built before the warm-up (the Keras Tuner hypermodel does). With
+        `label_input`, V is set to `label_trust`·I. A random W and b are left as they are.
+
+        Raises:
+            ValueError: with `"classifier_head"`, if the classifier's last layer is not a
+                linear Dense layer from the features to the classes.
+        """
+        head = self.classifier.layers[-1] if self.generator_init == "classifier_head" else None
+        num_features = self.feature_extractor.output_shape[-1]
+        _initialize_label_generator(
+            self.label_generator, num_features, head, self.label_input, self.label_trust
+        )
 
     def generator_inputs(self, features, labels=None):
         """The label generator's input: the features, and with `label_input` the one-hot

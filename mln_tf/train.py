@@ -28,7 +28,12 @@ import tensorflow as tf
 from mln_tf import data as mln_data
 from mln_tf import distribute, losses, models, noise, report
 from mln_tf.callbacks import EpochCheckpoint, EvaluateEachEpoch, LabelCorrection
-from mln_tf.model import MetaLabelNet, paper_classifier_optimizer, paper_generator_optimizer
+from mln_tf.model import (
+    RECOMMENDED_OPTIONS,
+    MetaLabelNet,
+    paper_classifier_optimizer,
+    paper_generator_optimizer,
+)
 
 SYNTHETIC_DATASETS = ("fashion_mnist", "digits")
 HUMAN_NOISE_DATASETS = ("cifar10_n", "cifar100_n")
@@ -147,13 +152,13 @@ class TrainConfig:
     lr_boundaries: tuple = ()
     generator_learning_rate: float = 1e-3
     virtual_lr: float = 1.0
-    entropy_weight: float = 0.0
-    virtual_scope: str = "head"
-    label_input: bool = True
-    generator_init: str = "classifier_head"
-    label_trust: float = 5.0
-    loss_scale: str = "sum_over_classes"
-    label_loss: str = "cross_entropy"
+    entropy_weight: float = RECOMMENDED_OPTIONS["entropy_weight"]
+    virtual_scope: str = RECOMMENDED_OPTIONS["virtual_scope"]
+    label_input: bool = RECOMMENDED_OPTIONS["label_input"]
+    generator_init: str = RECOMMENDED_OPTIONS["generator_init"]
+    label_trust: float = RECOMMENDED_OPTIONS["label_trust"]
+    loss_scale: str = RECOMMENDED_OPTIONS["loss_scale"]
+    label_loss: str = RECOMMENDED_OPTIONS["label_loss"]
     seed: int = 0
     jit_compile: object = "auto"
     deterministic: bool = False

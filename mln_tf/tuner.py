@@ -2,11 +2,12 @@
 
 `MetaLabelNetHyperModel` searches β (the generator's learning rate), α (the virtual step),
 the warm-up length and the entropy weight. Each trial builds a fresh classifier, warms it
-up with cross-entropy on the noisy labels, cuts the frozen feature extractor from it and
-runs the meta stage with `MetaLabelNet.fit`. The objective must be a metric of a clean
-validation split that is neither the meta set nor the test split, for example
-`kt.Objective("val_accuracy", "max")` with `validation_data=` from
-`mln_tf.data.split_validation`.
+up with cross-entropy on the noisy labels, cuts the frozen feature extractor from it,
+starts the label generator from it and runs the meta stage with `MetaLabelNet.fit`. The
+MetaLabelNet options default to `mln_tf.model.RECOMMENDED_OPTIONS`, as the main job's do.
+The objective must be a metric of a clean validation split that is neither the meta set nor
+the test split, for example `kt.Objective("val_accuracy", "max")` with `validation_data=`
+from `mln_tf.data.split_validation`.
 
 Example:
 
@@ -32,7 +33,12 @@ import numpy as np
 import tensorflow as tf
 
 from mln_tf import models
-from mln_tf.model import MetaLabelNet, paper_classifier_optimizer, paper_generator_optimizer
+from mln_tf.model import (
+    RECOMMENDED_OPTIONS,
+    MetaLabelNet,
+    paper_classifier_optimizer,
+    paper_generator_optimizer,
+)
 
 # Hyperband sets this value on a trial that continues the best model of an earlier round.
 RESUMED_TRIAL_KEY = "tuner/trial_id"
@@ -54,13 +60,15 @@ class MetaLabelNetHyperModel(kt.HyperModel):
     1. warms up a copy of `model.classifier` with cross-entropy on the noisy half of `x`
        for `warmup_epochs` epochs, without the tuner's callbacks, and copies the weights
        back into the classifier;
-    2. cuts the frozen feature extractor again (`model.refresh_feature_extractor()`);
+    2. cuts the frozen feature extractor again (`model.refresh_feature_extractor()`) and
+       starts the generator from the warmed-up classifier
+       (`model.initialize_label_generator()`);
     3. runs `model.fit(x, epochs=epochs, validation_data=..., callbacks=...)`, the meta
        stage, with the tuner's callbacks.
 
     `epochs` counts meta-stage epochs only, which is what Hyperband's epoch budget means. A
-    Hyperband trial that continues an earlier trial's model has its warmed-up classifier and
-    feature extractor loaded already, so its warm-up is skipped.
+    Hyperband trial that continues an earlier trial's model has its warmed-up classifier,
+    feature extractor and generator loaded already, so its warm-up is skipped.
 
     Each search dimension is either a `(min, max)` pair, searched (log scale for the two
     learning rates), or a single number, fixed.
@@ -79,6 +87,13 @@ class MetaLabelNetHyperModel(kt.HyperModel):
         warmup_epochs: `(min, max)` or int, the cross-entropy warm-up length. Defaults to
             `(1, 5)`.
         entropy_weight: `(min, max)` or float. Defaults to `(0.0, 1.0)`.
+        virtual_scope, label_input, generator_init, label_trust, loss_scale, label_loss:
+            fixed `MetaLabelNet` options (see its docstring). Default to
+            `mln_tf.model.RECOMMENDED_OPTIONS`. `**mln_tf.train.PAPER_ALGORITHM` gives the
+            authors' algorithm, with β, α and the entropy weight fixed to theirs unless
+            passed after it as ranges. With
+            `generator_init="classifier_head"` the classifier's last layer must be a linear
+            Dense layer on the features.
         jit_compile: bool or `"auto"`, passed to `compile` in both stages. Defaults to
             `"auto"`.
         seed: optional int. When set, each trial's classifier starts from the same weights,
@@ -104,6 +119,12 @@ class MetaLabelNetHyperModel(kt.HyperModel):
         virtual_lr=DEFAULT_SEARCH_SPACE["virtual_lr"],
         warmup_epochs=DEFAULT_SEARCH_SPACE["warmup_epochs"],
         entropy_weight=DEFAULT_SEARCH_SPACE["entropy_weight"],
+        virtual_scope=RECOMMENDED_OPTIONS["virtual_scope"],
+        label_input=RECOMMENDED_OPTIONS["label_input"],
+        generator_init=RECOMMENDED_OPTIONS["generator_init"],
+        label_trust=RECOMMENDED_OPTIONS["label_trust"],
+        loss_scale=RECOMMENDED_OPTIONS["loss_scale"],
+        label_loss=RECOMMENDED_OPTIONS["label_loss"],
         jit_compile="auto",
         seed=None,
         name="meta_label_net",
@@ -137,6 +158,10 @@ class MetaLabelNetHyperModel(kt.HyperModel):
         self.virtual_lr = _check_range("virtual_lr", virtual_lr, minimum=0.0, exclusive=True)
         self.warmup_epochs = _check_range("warmup_epochs", warmup_epochs, minimum=1, integer=True)
         self.entropy_weight = _check_range("entropy_weight", entropy_weight, minimum=0.0)
+        self.model_options = dict(
+            virtual_scope=virtual_scope, label_input=label_input, generator_init=generator_init,
+            label_trust=label_trust, loss_scale=loss_scale, label_loss=label_loss,
+        )  # fmt: skip
         self.jit_compile = jit_compile
         self.seed = seed
 
@@ -148,7 +173,10 @@ class MetaLabelNetHyperModel(kt.HyperModel):
             ),
             "virtual_lr": _declare(hp, "virtual_lr", self.virtual_lr, default=1.0),
             "warmup_epochs": _declare(hp, "warmup_epochs", self.warmup_epochs, default=None),
-            "entropy_weight": _declare(hp, "entropy_weight", self.entropy_weight, default=1.0),
+            "entropy_weight": _declare(
+                hp, "entropy_weight", self.entropy_weight,
+                default=RECOMMENDED_OPTIONS["entropy_weight"],
+            ),  # fmt: skip
         }
 
     def build(self, hp):
@@ -162,7 +190,12 @@ class MetaLabelNetHyperModel(kt.HyperModel):
                 f"The classifier from `classifier_builder` outputs {classifier.output_shape[-1]} "
                 f"logits, but the hypermodel has num_classes={self.num_classes}."
             )
-        model = MetaLabelNet(classifier, feature_layer=self.feature_layer)
+        try:
+            model = MetaLabelNet(
+                classifier, feature_layer=self.feature_layer, **self.model_options
+            )
+        except ValueError as error:  # the same for every trial: stop the search
+            raise kt.errors.FatalValueError(str(error)) from error
         model.compile(
             optimizer=paper_classifier_optimizer(self.learning_rate),
             generator_optimizer=paper_generator_optimizer(values["generator_learning_rate"]),
@@ -202,7 +235,8 @@ class MetaLabelNetHyperModel(kt.HyperModel):
         )
 
     def warm_up(self, model, x, *, epochs, verbose="auto"):
-        """Stage 1: trains the classifier with cross-entropy, then re-cuts the extractor.
+        """Stage 1: trains the classifier with cross-entropy, then re-cuts the extractor
+        and starts the generator from the warmed-up classifier.
 
         A copy of `model.classifier` is trained, so that the saved MetaLabelNet holds no
         warm-up optimizer, and its weights are copied back.
@@ -228,6 +262,7 @@ class MetaLabelNetHyperModel(kt.HyperModel):
         history = warm.fit(_warmup_batches(x), epochs=epochs, shuffle=False, verbose=verbose)
         model.classifier.set_weights(warm.get_weights())
         model.refresh_feature_extractor()
+        model.initialize_label_generator()
         return history
 
     def _check_training_data(self, x):

@@ -7,6 +7,7 @@ import pytest
 from keras import layers
 
 import mln_tf
+from mln_tf.train import PAPER_ALGORITHM
 from mln_tf.tuner import MetaLabelNetHyperModel
 
 OBJECTIVE = kt.Objective("val_accuracy", "max")
@@ -194,3 +195,52 @@ def test_invalid_search_space_is_rejected(argument, value, message):
     prefix = f"Invalid value for argument `{argument}`. Received: "
     with pytest.raises(ValueError, match=prefix + message):
         MetaLabelNetHyperModel(10, (8, 8, 1), **{argument: value})
+
+
+def test_warm_up_starts_the_generator_from_the_warmed_up_head(digits):
+    data, train, _ = digits
+    model_builder = hypermodel(data, warmup_epochs=1)
+    model = model_builder.build(kt.HyperParameters())
+    assert (model.label_input, model.generator_init, model.label_trust) == (
+        True, "classifier_head", 5.0)  # fmt: skip
+    untrained_kernel = model.classifier.layers[-1].kernel.numpy().copy()
+    model_builder.warm_up(model, train, epochs=1, verbose=0)
+
+    head = model.classifier.layers[-1]
+    kernel, bias = (w.numpy() for w in model.label_generator.layers[-1].weights)
+    num_features = head.kernel.shape[0]
+    assert not np.allclose(head.kernel.numpy(), untrained_kernel)
+    np.testing.assert_array_equal(kernel[:num_features], head.kernel.numpy())
+    np.testing.assert_array_equal(bias, head.bias.numpy())
+    np.testing.assert_array_equal(kernel[num_features:], 5.0 * np.eye(10, dtype="float32"))
+    # The first soft labels are the warmed-up classifier's predictions, shifted to ỹ.
+    (images, labels), _ = next(iter(train))
+    logits = model.classifier.predict(images, verbose=0)
+    expected = keras.ops.convert_to_numpy(
+        keras.ops.softmax(logits + 5.0 * np.eye(10, dtype="float32")[labels.numpy()])
+    )
+    soft = model.predict_soft_labels(images.numpy(), labels.numpy())
+    np.testing.assert_allclose(soft, expected, atol=1e-5)
+
+
+def test_the_authors_algorithm_is_one_keyword_dict_away():
+    hp = kt.HyperParameters()
+    built = hypermodel(_FakeData(), **PAPER_ALGORITHM).build(hp)
+    assert (built.label_input, built.generator_init, built.loss_scale, built.label_loss) == (
+        False, "random", "mean", "reverse_kl")  # fmt: skip
+    assert (built.virtual_scope, built.entropy_weight) == ("all", 1.0)
+    assert hp.values["generator_learning_rate"] == 1e-3 and hp.values["virtual_lr"] == 1.0
+
+
+def test_a_head_the_generator_cannot_start_from_is_a_fatal_error():
+    def softmax_classifier(num_classes, input_shape):
+        inputs = keras.Input(input_shape)
+        x = layers.Dense(16, activation="relu", name="features")(layers.Flatten()(inputs))
+        return keras.Model(inputs, layers.Dense(num_classes, activation="softmax")(x))
+
+    builder = MetaLabelNetHyperModel(10, (8, 8, 1), classifier_builder=softmax_classifier)
+    with pytest.raises(kt.errors.FatalValueError, match="Use generator_init='random'"):
+        builder.build(kt.HyperParameters())
+    built = MetaLabelNetHyperModel(10, (8, 8, 1), classifier_builder=softmax_classifier,
+                                   generator_init="random").build(kt.HyperParameters())  # fmt: skip
+    assert built.generator_init == "random"
