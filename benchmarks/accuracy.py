@@ -12,6 +12,10 @@ Usage:
     python benchmarks/accuracy.py --settings symmetric:0.4 --seeds 0 1 \\
         --set virtual_lr=0.5 --out benchmarks/results/alpha_0.5   # an ablation
 
+`--last-epoch N` tabulates a finished grid as if stage 2 had ended at epoch N: every method
+is selected on the clean meta set among its epochs up to N. That is exactly a shorter run,
+since no epoch depends on the epochs after it (the learning rate follows the epoch number).
+
 An ablation that changes MetaLabelNet's options only can take the cross-entropy baseline
 from an earlier grid with `--baselines-from`: that stage depends on the warm-up's settings
 and the last epoch alone, which are checked before its checkpoint is copied.
@@ -95,14 +99,28 @@ def copy_baseline(source_folder, folder, config):
                     dirs_exist_ok=True)  # fmt: skip
 
 
+def best_on_meta_up_to(folder, methods, last_epoch):
+    """`{method: test accuracy}` at each method's best-on-meta epoch up to `last_epoch`,
+    from the stage histories of the cell (the first best epoch, as `mln_tf.train` picks)."""
+    best = {}
+    for method in methods:
+        with open(os.path.join(folder, "stages", method, "state.json")) as f:
+            history = json.load(f)["history"]
+        kept = [i for i, epoch in enumerate(history["epoch"]) if epoch <= last_epoch]
+        chosen = max(kept, key=lambda i: (history["meta_accuracy"][i], -i))
+        best[method] = history["test_accuracy"][chosen]
+    return best
+
+
 def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
-             clean_reference=False, baselines_from=None):  # fmt: skip
+             clean_reference=False, baselines_from=None, last_epoch=None):  # fmt: skip
     """Runs (or reads back) every cell; returns `{setting: {method: [accuracy per seed]}}`.
 
     With `clean_reference`, cross-entropy on the true labels is trained in the first
     setting's cells only and reported for every setting: the split of the training images,
     and so their true labels, depends on the seed alone. With `baselines_from`, a grid
     folder, each cell copies its finished cross-entropy stage from the same cell there.
+    With `last_epoch`, each method is selected among its epochs up to that one.
     """
     table = {}
     for index, (noise, rate) in enumerate(settings):
@@ -128,8 +146,20 @@ def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
                                   folder, config)  # fmt: skip
                 print(f"[{key}, seed {seed}] {folder}", flush=True)
                 results = train.run(config, folder, verbose=verbose)
-            for method, result in results["methods"].items():
-                accuracy = result["test_accuracy_best_on_meta"]
+            accuracies = {
+                method: result["test_accuracy_best_on_meta"]
+                for method, result in results["methods"].items()
+            }
+            if last_epoch is not None:
+                with open(os.path.join(folder, "config.json")) as f:
+                    stages = json.load(f)
+                if not stages["stage1"] < last_epoch <= stages["stage2"]:
+                    raise ValueError(
+                        f"--last-epoch {last_epoch} is not an epoch of stage 2 in {folder!r}, "
+                        f"which ran epochs {stages['stage1'] + 1}–{stages['stage2']}."
+                    )
+                accuracies = best_on_meta_up_to(folder, accuracies, last_epoch)
+            for method, accuracy in accuracies.items():
                 table[key].setdefault(method, []).append(accuracy)
     if clean_reference:
         first = next(iter(table.values()))
@@ -189,12 +219,15 @@ def main(argv=None):
                         help="TrainConfig fields for every cell, e.g. dataset=digits")  # fmt: skip
     parser.add_argument("--baselines-from", metavar="GRID",
                         help="take each cell's cross-entropy stage from that grid")  # fmt: skip
+    parser.add_argument("--last-epoch", type=int,
+                        help="select each method among its epochs up to this one")  # fmt: skip
     parser.add_argument("--out", default=os.path.join("benchmarks", "results", "accuracy"))
     parser.add_argument("--verbose", type=int, default=0)
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     table = run_grid(args.settings, args.seeds, args.out, dict(args.overrides), args.verbose,
-                     args.preset, args.clean_reference, args.baselines_from)  # fmt: skip
+                     args.preset, args.clean_reference, args.baselines_from,
+                     args.last_epoch)  # fmt: skip
     summary = summarize(table)
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {
@@ -204,10 +237,12 @@ def main(argv=None):
         "runs": table,
         "summary": summary,
     }
-    with open(os.path.join(args.out, "accuracy.json"), "w") as f:
+    # A table of shorter runs sits beside the grid's own table.
+    name = "accuracy" if args.last_epoch is None else f"accuracy_up_to_epoch{args.last_epoch}"
+    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(result, f, indent=2)
     text = format_markdown(summary, command)
-    with open(os.path.join(args.out, "accuracy.md"), "w") as f:
+    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
         f.write(text)
     print(text)
 

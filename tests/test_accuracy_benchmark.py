@@ -110,3 +110,24 @@ def test_an_ablation_refuses_a_baseline_trained_otherwise(tmp_path, monkeypatch)
         accuracy.main([*common, "--set", *TINY[:-2], "stage2=3", "batch_size=32",
                        "--baselines-from", str(base), "--out", str(tmp_path / "b")])  # fmt: skip
     assert not (tmp_path / "b" / "symmetric_0.4_seed0" / "stages").exists()
+
+
+def test_last_epoch_tabulates_exactly_what_a_shorter_run_gives(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLN_TF_CACHE_DIR", str(tmp_path / "cache"))
+    common = ["--settings", "symmetric:0.4", "--seeds", "0", "--set", *TINY[:-2]]
+    longer, shorter = tmp_path / "longer", tmp_path / "shorter"
+    accuracy.main([*common, "stage2=3", "batch_size=32", "--out", str(longer)])
+    accuracy.main([*common, "stage2=2", "batch_size=32", "--out", str(shorter)])
+    accuracy.main([*common, "stage2=3", "batch_size=32", "--last-epoch", "2",
+                   "--out", str(longer)])  # fmt: skip
+
+    truncated = json.loads((longer / "accuracy_up_to_epoch2.json").read_text())["runs"]
+    short = json.loads((shorter / "accuracy.json").read_text())["runs"]
+    assert truncated == short
+    assert set(truncated["symmetric:0.4"]) == {"cross_entropy", "meta_label_net"}
+    # The grid's own table is left as it was.
+    full = json.loads((longer / "accuracy.json").read_text())
+    assert "--last-epoch" not in full["command"]
+    with pytest.raises(ValueError, match=r"--last-epoch 1 is not an epoch of stage 2.*epochs 2–3"):
+        accuracy.main([*common, "stage2=3", "batch_size=32", "--last-epoch", "1",
+                       "--out", str(longer)])  # fmt: skip
