@@ -87,7 +87,10 @@ class MetaLabelNetHyperModel(kt.HyperModel):
         warmup_epochs: `(min, max)` or int, the cross-entropy warm-up length. Defaults to
             `(1, 5)`.
         entropy_weight: `(min, max)` or float. Defaults to `(0.0, 1.0)`.
-        virtual_scope, label_input, generator_init, label_trust, loss_scale, label_loss:
+        label_trust: float, κ, the given label's initial logit bonus with `label_input`;
+            or a `(min, max)` pair, searched as the hyper-parameter `"label_trust"` (no
+            single κ suits every noise: `docs/accuracy.md`). Defaults to 5.0, fixed.
+        virtual_scope, label_input, generator_init, loss_scale, label_loss:
             fixed `MetaLabelNet` options (see its docstring). Default to
             `mln_tf.model.RECOMMENDED_OPTIONS`. `**mln_tf.train.PAPER_ALGORITHM` gives the
             authors' algorithm, with β, α and the entropy weight fixed to theirs unless
@@ -158,16 +161,21 @@ class MetaLabelNetHyperModel(kt.HyperModel):
         self.virtual_lr = _check_range("virtual_lr", virtual_lr, minimum=0.0, exclusive=True)
         self.warmup_epochs = _check_range("warmup_epochs", warmup_epochs, minimum=1, integer=True)
         self.entropy_weight = _check_range("entropy_weight", entropy_weight, minimum=0.0)
+        self.label_trust = _check_range("label_trust", label_trust, minimum=0.0)
         self.model_options = dict(
             virtual_scope=virtual_scope, label_input=label_input, generator_init=generator_init,
-            label_trust=label_trust, loss_scale=loss_scale, label_loss=label_loss,
+            loss_scale=loss_scale, label_loss=label_loss,
         )  # fmt: skip
         self.jit_compile = jit_compile
         self.seed = seed
 
     def declare_hyperparameters(self, hp):
-        """Declares the four hyper-parameters in `hp` and returns their values."""
-        return {
+        """Declares the hyper-parameters in `hp` and returns their values.
+
+        The four training settings are always declared (fixed ones with `hp.Fixed`);
+        `label_trust` only when it is searched.
+        """
+        values = {
             "generator_learning_rate": _declare(
                 hp, "generator_learning_rate", self.generator_learning_rate, default=1e-3
             ),
@@ -178,6 +186,12 @@ class MetaLabelNetHyperModel(kt.HyperModel):
                 default=RECOMMENDED_OPTIONS["entropy_weight"],
             ),  # fmt: skip
         }
+        values["label_trust"] = (
+            _declare(hp, "label_trust", self.label_trust,
+                     default=RECOMMENDED_OPTIONS["label_trust"])
+            if isinstance(self.label_trust, tuple) else self.label_trust
+        )  # fmt: skip
+        return values
 
     def build(self, hp):
         """Returns a compiled MetaLabelNet over a fresh classifier, for the values in `hp`."""
@@ -192,8 +206,9 @@ class MetaLabelNetHyperModel(kt.HyperModel):
             )
         try:
             model = MetaLabelNet(
-                classifier, feature_layer=self.feature_layer, **self.model_options
-            )
+                classifier, feature_layer=self.feature_layer,
+                label_trust=values["label_trust"], **self.model_options,
+            )  # fmt: skip
         except ValueError as error:  # the same for every trial: stop the search
             raise kt.errors.FatalValueError(str(error)) from error
         model.compile(

@@ -148,6 +148,21 @@ def test_fixed_values_are_not_searched():
     assert built.optimizer.built and built.compiled
 
 
+def test_a_label_trust_range_is_searched_and_reaches_the_generator():
+    builder = hypermodel(_FakeData(), label_trust=(1.0, 20.0))
+    hp = kt.HyperParameters()
+    assert builder.declare_hyperparameters(hp)["label_trust"] == 5.0  # the project's κ
+    space = {p.name: p for p in hp.space}["label_trust"]
+    assert isinstance(space, kt.engine.hyperparameters.Float)
+    assert (space.min_value, space.max_value) == (1.0, 20.0)
+
+    hp.values["label_trust"] = 12.0  # as a trial would sample it
+    built = builder.build(hp)
+    assert built.label_trust == 12.0
+    kernel = built.label_generator.layers[-1].kernel.numpy()
+    np.testing.assert_array_equal(kernel[-10:], 12.0 * np.eye(10, dtype="float32"))
+
+
 class _FakeData:
     num_classes = 10
     image_shape = (8, 8, 1)
@@ -189,6 +204,7 @@ def test_validation_data_is_required_and_not_empty(digits):
         ("generator_learning_rate", (0.1, 0.01), r"generator_learning_rate=\(0.1, 0.01\).*<"),
         ("warmup_epochs", 0, r"warmup_epochs=0. Expected an integer at least 1"),
         ("entropy_weight", "high", r"entropy_weight='high'"),
+        ("label_trust", -1.0, r"label_trust=-1.0. Expected a number at least 0.0"),
     ],
 )
 def test_invalid_search_space_is_rejected(argument, value, message):
