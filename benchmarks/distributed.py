@@ -39,8 +39,8 @@ import tensorflow as tf  # noqa: E402
 import mln_tf  # noqa: E402
 
 MODELS = {
-    "fashion_cnn": (mln_tf.models.fashion_cnn, (28, 28, 1)),
-    "cifar10_cnn": (mln_tf.models.cifar10_cnn, (32, 32, 3)),
+    "fashion_cnn": (mln_tf.classifiers.fashion_cnn, (28, 28, 1)),
+    "cifar10_cnn": (mln_tf.classifiers.cifar10_cnn, (32, 32, 3)),
 }
 NUM_CLASSES = 10
 
@@ -63,7 +63,7 @@ def make_step(model_name, strategy, jit_compile, virtual_step, dataset, seed=0):
     keras.utils.set_random_seed(seed)  # the same initial weights in every variant
     with strategy.scope():
         classifier = builder(num_classes=NUM_CLASSES)
-        model = mln_tf.MetaLabelNet(classifier, feature_layer=mln_tf.models.FEATURE_LAYER)
+        model = mln_tf.MetaLabelNet(classifier, feature_layer=mln_tf.classifiers.FEATURE_LAYER)
         model.compile(jit_compile=jit_compile, virtual_step=virtual_step)
     if strategy.num_replicas_in_sync > 1:
         dataset = strategy.experimental_distribute_dataset(dataset)

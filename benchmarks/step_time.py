@@ -40,8 +40,8 @@ import tensorflow as tf  # noqa: E402
 import mln_tf  # noqa: E402
 
 MODELS = {
-    "fashion_cnn": (mln_tf.models.fashion_cnn, (28, 28, 1)),
-    "cifar10_cnn": (mln_tf.models.cifar10_cnn, (32, 32, 3)),
+    "fashion_cnn": (mln_tf.classifiers.fashion_cnn, (28, 28, 1)),
+    "cifar10_cnn": (mln_tf.classifiers.cifar10_cnn, (32, 32, 3)),
 }
 NUM_CLASSES = 10
 # name: (meta_gradient, cached features, virtual_scope, dtype policy, through fit's function);
@@ -90,7 +90,7 @@ def make_step(model_name, variant, jit_compile, batch_size, seed=0):
         keras.config.set_dtype_policy("float32")
     if meta_gradient is None:
         classifier.compile(
-            optimizer=mln_tf.model.paper_classifier_optimizer(),
+            optimizer=mln_tf.meta_label_net.paper_classifier_optimizer(),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             jit_compile=jit_compile,
         )
@@ -98,7 +98,7 @@ def make_step(model_name, variant, jit_compile, batch_size, seed=0):
     else:
         model = mln_tf.MetaLabelNet(
             classifier,
-            feature_layer=mln_tf.models.FEATURE_LAYER,
+            feature_layer=mln_tf.classifiers.FEATURE_LAYER,
             meta_gradient=meta_gradient,
             virtual_scope=scope,
         )

@@ -1,8 +1,16 @@
 """mln_tf: MetaLabelNet for Keras 3 on TensorFlow."""
 
-from mln_tf import data, distribute, losses, models, noise
-from mln_tf.model import MetaLabelNet, NonFiniteLossError
+from mln_tf import classifiers, data, distribute, losses, noise
+from mln_tf.meta_label_net import MetaLabelNet, NonFiniteLossError
 
 __version__ = "0.1.0"
 
-__all__ = ["MetaLabelNet", "NonFiniteLossError", "data", "distribute", "losses", "models", "noise"]
+__all__ = [
+    "MetaLabelNet",
+    "NonFiniteLossError",
+    "classifiers",
+    "data",
+    "distribute",
+    "losses",
+    "noise",
+]

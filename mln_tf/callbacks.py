@@ -7,7 +7,7 @@ import time
 import keras
 import numpy as np
 
-from mln_tf.model import random_state_variables
+from mln_tf.meta_label_net import random_state_variables
 
 STATE_FILE = "state.json"
 

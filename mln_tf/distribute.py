@@ -113,3 +113,75 @@ def _split_cpu(devices):
                     "operation runs."
                 ) from error
     return [f"/cpu:{index}" for index in range(devices)]
+
+
+# Helpers for a train_step that runs in each replica.
+
+
+def num_replicas():
+    """The number of replicas in sync of the current strategy (1 without one)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def scale_for_replicas(loss):
+    """A replica's share of the global-batch mean: its local mean over N, as Keras scales it.
+
+    Summed over the N replicas (the optimizers' all-reduce), the shares give the mean over
+    the global batch when the replicas' batches are of one size.
+    """
+    replicas = num_replicas()
+    if replicas == 1:
+        return loss
+    return loss * tf.cast(1.0 / replicas, loss.dtype)
+
+
+def on_all_replicas(condition):
+    """Whether `condition` holds on every replica; the same answer on each of them."""
+    if num_replicas() == 1:
+        return condition
+    failures = tf.distribute.get_replica_context().all_reduce(
+        "sum", tf.cast(tf.logical_not(condition), "int32")
+    )
+    return tf.equal(failures, 0)
+
+
+def count_once(flag):
+    """`flag` as a count on the first replica only, so that a Sum counts steps."""
+    count = tf.cast(flag, "float32")
+    if num_replicas() == 1:
+        return count
+    first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+    return count * tf.cast(first, "float32")
+
+
+def result_across_replicas(metric):
+    """A mean metric's result over the global batch, from any replica."""
+    if num_replicas() == 1:
+        return metric.result()
+    # Reading a metric's variable in a replica gives that replica's share.
+    total, count = tf.distribute.get_replica_context().all_reduce(
+        "sum", [tf.identity(metric.total.value), tf.identity(metric.count.value)]
+    )
+    return tf.math.divide_no_nan(total, tf.cast(count, total.dtype))
+
+
+def run_if(condition, update, *args):
+    """Runs `update(*args)` on every replica when `condition` (the same on all) holds.
+
+    Without a strategy, or one that needs no `merge_call`, this is a `tf.cond`. Otherwise
+    a `tf.cond` whose branch synchronises replicas (the optimizers' all-reduce) must run in
+    the cross-replica context; Keras' `LossScaleOptimizer` skips steps in the same way.
+    """
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+        tf.cond(condition, lambda: update(*args), lambda: None)
+        return
+
+    def cross_replica(distribution, condition, *args):
+        condition = distribution.experimental_local_results(condition)[0]
+
+        def apply():
+            distribution.extended.call_for_each_replica(update, args=args)
+
+        tf.cond(condition, apply, lambda: None)
+
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition, *args))

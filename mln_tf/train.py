@@ -25,10 +25,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mln_tf import classifiers, distribute, losses, noise, report
 from mln_tf import data as mln_data
-from mln_tf import distribute, losses, models, noise, report
 from mln_tf.callbacks import EpochCheckpoint, EvaluateEachEpoch, LabelCorrection
-from mln_tf.model import (
+from mln_tf.meta_label_net import (
     RECOMMENDED_OPTIONS,
     MetaLabelNet,
     paper_classifier_optimizer,
@@ -92,7 +92,7 @@ class TrainConfig:
             `"feature_dependent"`.
         rate: float, the noise rate in [0, 1) (synthetic noise only). Defaults to 0.4.
         meta_size: int, the size of the clean meta set. Defaults to 1000.
-        architecture: str, a key of `mln_tf.models.ARCHITECTURES`. Defaults to
+        architecture: str, a key of `mln_tf.classifiers.ARCHITECTURES`. Defaults to
             `"fashion_cnn"`.
         backbone_weights: optional path of pre-trained backbone weights (ResNet-50 and
             InceptionResNetV2). Defaults to `None`.
@@ -229,11 +229,11 @@ class TrainConfig:
                 f"learning_rates={self.learning_rates}, lr_boundaries={self.lr_boundaries}. "
                 "Expected increasing boundaries and one more rate than boundaries."
             )
-        if self.architecture not in models.ARCHITECTURES:
+        if self.architecture not in classifiers.ARCHITECTURES:
             raise ValueError(
                 f"Invalid value for argument `architecture`. Received: architecture="
                 f"{self.architecture!r}. Expected one of "
-                f"{', '.join(repr(name) for name in models.ARCHITECTURES)}."
+                f"{', '.join(repr(name) for name in classifiers.ARCHITECTURES)}."
             )
 
     def learning_rate(self, epoch):
@@ -404,7 +404,7 @@ def build_classifier(config, data, loss, strategy=None):
         A compiled `keras.Model` with its optimizer built.
     """
     with (strategy or tf.distribute.get_strategy()).scope():
-        classifier = models.build(
+        classifier = classifiers.build(
             config.architecture, data.num_classes, data.image_shape, config.backbone_weights
         )
         classifier.compile(
@@ -475,7 +475,7 @@ def _meta_label_net_stage(session, warm_up_dir):
     with session.strategy.scope():
         model = MetaLabelNet(
             classifier,
-            feature_layer=models.FEATURE_LAYER,
+            feature_layer=classifiers.FEATURE_LAYER,
             label_input=config.label_input,
             generator_init=config.generator_init,
             label_trust=config.label_trust,

@@ -4,7 +4,7 @@
 the warm-up length and the entropy weight. Each trial builds a fresh classifier, warms it
 up with cross-entropy on the noisy labels, cuts the frozen feature extractor from it,
 starts the label generator from it and runs the meta stage with `MetaLabelNet.fit`. The
-MetaLabelNet options default to `mln_tf.model.RECOMMENDED_OPTIONS`, as the main job's do.
+MetaLabelNet options default to `mln_tf.meta_label_net.RECOMMENDED_OPTIONS`, as the main job's do.
 The objective must be a metric of a clean validation split that is neither the meta set nor
 the test split, for example `kt.Objective("val_accuracy", "max")` with `validation_data=`
 from `mln_tf.data.split_validation`.
@@ -32,8 +32,8 @@ import keras_tuner as kt
 import numpy as np
 import tensorflow as tf
 
-from mln_tf import models
-from mln_tf.model import (
+from mln_tf import classifiers
+from mln_tf.meta_label_net import (
     RECOMMENDED_OPTIONS,
     MetaLabelNet,
     paper_classifier_optimizer,
@@ -77,9 +77,9 @@ class MetaLabelNetHyperModel(kt.HyperModel):
         num_classes: int, the number of classes C.
         input_shape: tuple, the shape of one image.
         classifier_builder: callable `(num_classes, input_shape) -> keras.Model` that returns
-            a built classifier outputting logits. Defaults to `mln_tf.models.fashion_cnn`.
+            a built classifier outputting logits. Defaults to `mln_tf.classifiers.fashion_cnn`.
         feature_layer: str, the classifier layer the feature extractor is cut at. Defaults
-            to `"features"`, the penultimate layer of every `mln_tf.models` builder.
+            to `"features"`, the penultimate layer of every `mln_tf.classifiers` builder.
         learning_rate: float, the classifier's SGD learning rate in both stages. Defaults
             to 1e-2.
         generator_learning_rate: `(min, max)` or float, β. Defaults to `(1e-4, 1e-1)`.
@@ -92,7 +92,7 @@ class MetaLabelNetHyperModel(kt.HyperModel):
             single κ suits every noise: `docs/accuracy.md`). Defaults to 5.0, fixed.
         virtual_scope, label_input, generator_init, loss_scale, label_loss:
             fixed `MetaLabelNet` options (see its docstring). Default to
-            `mln_tf.model.RECOMMENDED_OPTIONS`. `**mln_tf.train.PAPER_ALGORITHM` gives the
+            `mln_tf.meta_label_net.RECOMMENDED_OPTIONS`. `**mln_tf.train.PAPER_ALGORITHM` gives the
             authors' algorithm, with β, α and the entropy weight fixed to theirs unless
             passed after it as ranges. With
             `generator_init="classifier_head"` the classifier's last layer must be a linear
@@ -115,8 +115,8 @@ class MetaLabelNetHyperModel(kt.HyperModel):
         num_classes,
         input_shape,
         *,
-        classifier_builder=models.fashion_cnn,
-        feature_layer=models.FEATURE_LAYER,
+        classifier_builder=classifiers.fashion_cnn,
+        feature_layer=classifiers.FEATURE_LAYER,
         learning_rate=1e-2,
         generator_learning_rate=DEFAULT_SEARCH_SPACE["generator_learning_rate"],
         virtual_lr=DEFAULT_SEARCH_SPACE["virtual_lr"],

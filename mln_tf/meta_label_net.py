@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mln_tf import losses
+from mln_tf import distribute, keras_compat, losses
 
 # The authors' final code steps the virtual classifier by the full gradient (`param - grad`).
 DEFAULT_VIRTUAL_LR = 1.0
@@ -243,7 +243,7 @@ class MetaLabelNet(keras.Model):
 
     Example:
 
-    >>> classifier = mln_tf.models.fashion_cnn(num_classes=10)
+    >>> classifier = mln_tf.classifiers.fashion_cnn(num_classes=10)
     >>> model = MetaLabelNet(classifier, feature_layer="features")
     >>> model.compile(optimizer=keras.optimizers.SGD(1e-2, momentum=0.9),
     ...               generator_optimizer=keras.optimizers.Adam(1e-3))
@@ -625,7 +625,7 @@ class MetaLabelNet(keras.Model):
         """
         if self.meta_gradient != "forward_mode":
             return False
-        if _num_replicas() == 1:
+        if distribute.num_replicas() == 1:
             return True
         synchronized = [
             layer.name
@@ -636,7 +636,7 @@ class MetaLabelNet(keras.Model):
             return True
         warnings.warn(
             f'`meta_gradient="forward_mode"` falls back to "nested_tapes" under this '
-            f"{_num_replicas()}-replica strategy: the synchronised batch normalisation "
+            f"{distribute.num_replicas()}-replica strategy: the synchronised batch normalisation "
             f"{', '.join(repr(name) for name in synchronized)} all-reduces its moments, "
             "and forward-mode derivatives do not cross replicas. The meta-gradient stays "
             'exact. Pass `meta_gradient="nested_tapes"` to silence this warning.',
@@ -675,7 +675,8 @@ class MetaLabelNet(keras.Model):
         """The meta loss at θ̂ and its share scaled for the replicas and the optimizer."""
         meta_logits, _ = self._classifier_logits(fast_weights, state, x_meta)
         meta_loss = losses.meta_loss(y_meta, meta_logits)
-        return meta_loss, self.generator_optimizer.scale_loss(_scale_for_replicas(meta_loss))
+        scaled = self.generator_optimizer.scale_loss(distribute.scale_for_replicas(meta_loss))
+        return meta_loss, scaled
 
     def _nested_tapes_meta_step(
         self, theta, state, x, x_meta, y_meta, features, virtual_indices, global_virtual_step
@@ -691,7 +692,7 @@ class MetaLabelNet(keras.Model):
                 virtual_loss = label_loss
                 if global_virtual_step:
                     # This replica's share of the global-batch mean, as Keras scales losses
-                    virtual_loss = _scale_for_replicas(label_loss)
+                    virtual_loss = distribute.scale_for_replicas(label_loss)
             # Virtual step, differentiable with respect to φ through the soft labels
             grads = classifier_tape.gradient(virtual_loss, virtual_theta)
             if global_virtual_step:
@@ -729,7 +730,7 @@ class MetaLabelNet(keras.Model):
             virtual_loss = label_loss
             if global_virtual_step:
                 # This replica's share of the global-batch mean, as Keras scales losses
-                virtual_loss = _scale_for_replicas(label_loss)
+                virtual_loss = distribute.scale_for_replicas(label_loss)
         # Virtual step, first order only: φ's gradient comes from the product below
         grads = classifier_tape.gradient(virtual_loss, virtual_theta)
         if global_virtual_step:
@@ -762,7 +763,7 @@ class MetaLabelNet(keras.Model):
         if self.loss_scale == "sum_over_classes":
             size = tf.cast(tf.shape(probs)[0], probs.dtype)
         if global_virtual_step:
-            size = size * _num_replicas()
+            size = size * distribute.num_replicas()
         if self.label_loss == "cross_entropy":
             soft_label_grads = self.virtual_lr * tangent_log_probs / size
         else:
@@ -796,7 +797,7 @@ class MetaLabelNet(keras.Model):
         theta = [variable.value for variable in trainable]
         state = [variable.value for variable in non_trainable]
         generator_variables = self.label_generator.trainable_variables
-        global_virtual_step = _num_replicas() > 1 and self.virtual_step == "all"
+        global_virtual_step = distribute.num_replicas() > 1 and self.virtual_step == "all"
         virtual_indices = self._virtual_indices()
 
         # Frozen features of the noisy batch, unless the batch carries them
@@ -818,16 +819,17 @@ class MetaLabelNet(keras.Model):
         soft_labels, label_loss = result["soft_labels"], result["label_loss"]
         meta_loss, generator_grads = result["meta_loss"], result["generator_grads"]
 
-        labels_ok = _on_all_replicas(self._labels_in_range(y, y_meta))
+        labels_ok = distribute.on_all_replicas(self._labels_in_range(y, y_meta))
         step_ok = tf.logical_and(
-            labels_ok, _on_all_replicas(_all_finite([label_loss, meta_loss, *generator_grads]))
+            labels_ok,
+            distribute.on_all_replicas(_all_finite([label_loss, meta_loss, *generator_grads])),
         )
 
         # Update generator
         def update_generator(grads):
             self.generator_optimizer.apply(grads, generator_variables)
 
-        _run_if(step_ok, update_generator, generator_grads)
+        distribute.run_if(step_ok, update_generator, generator_grads)
 
         # Update classifier on the new soft labels, reusing the forward pass above
         new_soft_labels = tf.stop_gradient(self.label_generator(features, training=False))
@@ -836,10 +838,10 @@ class MetaLabelNet(keras.Model):
             loss = self._soft_label_loss(logits, new_soft_labels)
             if self.entropy_weight:
                 loss = loss + self.entropy_weight * self._entropy_loss(logits)
-            scaled_loss = self.optimizer.scale_loss(_scale_for_replicas(loss))
+            scaled_loss = self.optimizer.scale_loss(distribute.scale_for_replicas(loss))
         logits_grads = logits_tape.gradient(scaled_loss, logits)
         classifier_grads = classifier_tape.gradient(logits, theta, output_gradients=logits_grads)
-        step_ok = tf.logical_and(step_ok, _on_all_replicas(tf.math.is_finite(loss)))
+        step_ok = tf.logical_and(step_ok, distribute.on_all_replicas(tf.math.is_finite(loss)))
 
         def update_classifier(grads, new_state):
             self.optimizer.apply(grads, trainable)
@@ -847,7 +849,7 @@ class MetaLabelNet(keras.Model):
             for variable, value in zip(non_trainable, new_state):
                 variable.assign(value)
 
-        _run_if(step_ok, update_classifier, classifier_grads, new_state)
+        distribute.run_if(step_ok, update_classifier, classifier_grads, new_state)
 
         self.loss_tracker.update_state(loss)
         self.meta_loss_tracker.update_state(meta_loss)
@@ -857,15 +859,15 @@ class MetaLabelNet(keras.Model):
             )
             self.agreement_tracker.update_state(agrees, sample_weight=tf.cast(y >= 0, "float32"))
         # Once per step, not once per replica: the flags are the same on every replica.
-        self.invalid_label_steps.update_state(_once(tf.logical_not(labels_ok)))
+        self.invalid_label_steps.update_state(distribute.count_once(tf.logical_not(labels_ok)))
         self.non_finite_steps.update_state(
-            _once(tf.logical_and(labels_ok, tf.logical_not(step_ok)))
+            distribute.count_once(tf.logical_and(labels_ok, tf.logical_not(step_ok)))
         )
-        return _step_logs(
+        return keras_compat.step_logs(
             {
-                "loss": _result_across_replicas(self.loss_tracker),
-                "meta_loss": _result_across_replicas(self.meta_loss_tracker),
-                "label_agreement": _result_across_replicas(self.agreement_tracker),
+                "loss": distribute.result_across_replicas(self.loss_tracker),
+                "meta_loss": distribute.result_across_replicas(self.meta_loss_tracker),
+                "label_agreement": distribute.result_across_replicas(self.agreement_tracker),
             }
         )
 
@@ -882,10 +884,10 @@ class MetaLabelNet(keras.Model):
         cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
         self.loss_tracker.update_state(cross_entropy, sample_weight=sample_weight)
         self.accuracy_tracker.update_state(y, logits, sample_weight=sample_weight)
-        return _step_logs(
+        return keras_compat.step_logs(
             {
-                "loss": _result_across_replicas(self.loss_tracker),
-                "accuracy": _result_across_replicas(self.accuracy_tracker),
+                "loss": distribute.result_across_replicas(self.loss_tracker),
+                "accuracy": distribute.result_across_replicas(self.accuracy_tracker),
             }
         )
 
@@ -1199,89 +1201,6 @@ def _serialize_model(model):
     # The warm-up compilation is not part of MetaLabelNet's state.
     config.pop("compile_config", None)
     return config
-
-
-def _num_replicas():
-    return tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def _scale_for_replicas(loss):
-    """A replica's share of the global-batch mean: its local mean over N, as Keras scales it.
-
-    Summed over the N replicas (the optimizers' all-reduce), the shares give the mean over
-    the global batch when the replicas' batches are of one size.
-    """
-    num_replicas = _num_replicas()
-    if num_replicas == 1:
-        return loss
-    return loss * tf.cast(1.0 / num_replicas, loss.dtype)
-
-
-def _on_all_replicas(condition):
-    """Whether `condition` holds on every replica; the same answer on each of them."""
-    if _num_replicas() == 1:
-        return condition
-    failures = tf.distribute.get_replica_context().all_reduce(
-        "sum", tf.cast(tf.logical_not(condition), "int32")
-    )
-    return tf.equal(failures, 0)
-
-
-def _once(flag):
-    """`flag` as a count on the first replica only, so that a Sum counts steps."""
-    count = tf.cast(flag, "float32")
-    if _num_replicas() == 1:
-        return count
-    first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
-    return count * tf.cast(first, "float32")
-
-
-def _result_across_replicas(metric):
-    """A mean metric's result over the global batch, from any replica."""
-    if _num_replicas() == 1:
-        return metric.result()
-    # Reading a metric's variable in a replica gives that replica's share.
-    total, count = tf.distribute.get_replica_context().all_reduce(
-        "sum", [tf.identity(metric.total.value), tf.identity(metric.count.value)]
-    )
-    return tf.math.divide_no_nan(total, tf.cast(count, total.dtype))
-
-
-def _step_logs(logs):
-    """The step's logs, shaped for Keras' reduction across replicas.
-
-    Keras 3.15 averages a multi-worker step's logs along axis 0, which a scalar lacks
-    (keras-team/keras#20585): there each value gets that axis, of length 1.
-    """
-    strategy = tf.distribute.get_strategy()
-    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
-        strategy.extended._in_multi_worker_mode()
-    )
-    if not multi_worker:
-        return logs
-    return {key: tf.reshape(value, [1]) for key, value in logs.items()}
-
-
-def _run_if(condition, update, *args):
-    """Runs `update(*args)` on every replica when `condition` (the same on all) holds.
-
-    Without a strategy, or one that needs no `merge_call`, this is a `tf.cond`. Otherwise
-    a `tf.cond` whose branch synchronises replicas (the optimizers' all-reduce) must run in
-    the cross-replica context; Keras' `LossScaleOptimizer` skips steps in the same way.
-    """
-    if tf.__internal__.distribute.strategy_supports_no_merge_call():
-        tf.cond(condition, lambda: update(*args), lambda: None)
-        return
-
-    def cross_replica(distribution, condition, *args):
-        condition = distribution.experimental_local_results(condition)[0]
-
-        def apply():
-            distribution.extended.call_for_each_replica(update, args=args)
-
-        tf.cond(condition, apply, lambda: None)
-
-    tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition, *args))
 
 
 def _all_finite(tensors):

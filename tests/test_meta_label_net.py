@@ -181,7 +181,7 @@ def test_unlabeled_batches_take_the_same_step():
 
 
 def test_save_and_reload_then_two_steps_match_two_steps_without_reload(tmp_path):
-    classifier = mln_tf.models.fashion_cnn(num_classes=NUM_CLASSES)  # dropout: RNG state too
+    classifier = mln_tf.classifiers.fashion_cnn(num_classes=NUM_CLASSES)  # dropout: RNG state too
     model = mln_tf.MetaLabelNet(classifier, feature_layer="features")
     model.compile(
         optimizer=keras.optimizers.SGD(0.05, momentum=0.9, weight_decay=1e-4),

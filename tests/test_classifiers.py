@@ -4,11 +4,11 @@ import keras
 import numpy as np
 import pytest
 
-from mln_tf import models
+from mln_tf import classifiers
 
 
 def test_fashion_cnn_matches_the_authors_architecture():
-    model = models.fashion_cnn(num_classes=10)
+    model = classifiers.fashion_cnn(num_classes=10)
     kinds = [type(layer).__name__ for layer in model.layers[1:]]
     assert kinds == [
         "Conv2D",
@@ -29,7 +29,7 @@ def test_fashion_cnn_matches_the_authors_architecture():
 
 
 def test_cifar10_cnn_matches_the_paper():
-    model = models.cifar10_cnn(num_classes=10)
+    model = classifiers.cifar10_cnn(num_classes=10)
     convs = [layer.filters for layer in model.layers if type(layer).__name__ == "Conv2D"]
     assert convs == [64, 64, 128, 128, 196, 196]
     batch_norms = [layer for layer in model.layers if type(layer).__name__ == "BatchNormalization"]
@@ -39,29 +39,29 @@ def test_cifar10_cnn_matches_the_paper():
 
 
 def test_resnet50_random_init_and_user_weights_file(tmp_path):
-    model = models.resnet50(num_classes=5, input_shape=(32, 32, 3))
+    model = classifiers.resnet50(num_classes=5, input_shape=(32, 32, 3))
     assert model.get_layer("features").output.shape == (None, 2048)
     backbone = model.layers[1]
     path = tmp_path / "backbone.weights.h5"
     backbone.save_weights(path)
-    loaded = models.resnet50(num_classes=5, input_shape=(32, 32, 3), weights=str(path))
+    loaded = classifiers.resnet50(num_classes=5, input_shape=(32, 32, 3), weights=str(path))
     for a, b in zip(backbone.get_weights(), loaded.layers[1].get_weights()):
         np.testing.assert_array_equal(a, b)
 
 
 def test_resnet50_rejects_a_missing_weights_file():
     with pytest.raises(ValueError, match="never downloads weights"):
-        models.resnet50(num_classes=5, weights="imagenet")
+        classifiers.resnet50(num_classes=5, weights="imagenet")
 
 
 def test_invalid_class_count():
     with pytest.raises(
         ValueError, match="Received: num_classes=1. Expected an integer of at least 2"
     ):
-        models.fashion_cnn(num_classes=1)
+        classifiers.fashion_cnn(num_classes=1)
 
 
 def test_builders_return_uncompiled_built_models():
-    model = models.fashion_cnn()
+    model = classifiers.fashion_cnn()
     assert model.built and not model.compiled
     assert isinstance(model, keras.Model)
