@@ -12,7 +12,7 @@ Usage:
     python benchmarks/accuracy.py --settings symmetric:0.4 --seeds 0 1 \\
         --set virtual_lr=0.5 --out benchmarks/results/alpha_0.5   # an ablation
 
-`--last-epoch N` tabulates a finished grid as if stage 2 had ended at epoch N: every method
+`--last-epoch N` tabulates a finished grid as if the meta stage had ended at epoch N: every method
 is selected on the clean meta set among its epochs up to N. That is exactly a shorter run,
 since no epoch depends on the epochs after it (the learning rate follows the epoch number).
 
@@ -33,12 +33,12 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from mln_tf import train  # noqa: E402
+from mln_tf import options, train  # noqa: E402
 from mln_tf.report import METHOD_NAMES  # noqa: E402
 
 DEFAULT_SETTINGS = ("feature_dependent:0.4", "symmetric:0.4", "symmetric:0.8", "pair:0.45")
 # The settings that decide the cross-entropy baseline's result.
-BASELINE_FIELDS = (*train.WARM_UP_FIELDS, "stage2")
+BASELINE_FIELDS = (*train.WARM_UP_FIELDS, "meta_epochs")
 
 
 def parse_setting(text):
@@ -52,15 +52,20 @@ def parse_setting(text):
 
 
 def parse_override(text):
-    """`"name=value"` → `("name", value)`, the value typed like the `TrainConfig` field."""
+    """`"name=value"` → `("name", value)`, the value typed like the `TrainConfig` field or
+    the MetaLabelNet option of that name."""
     name, separator, value = text.partition("=")
-    fields = {field.name: field for field in dataclasses.fields(train.TrainConfig)}
-    if not separator or name not in fields:
+    fields = [field.name for field in dataclasses.fields(train.TrainConfig)]
+    fields = [name for name in fields if name != "options"]
+    if not separator or name not in (*fields, *options.NAMES):
         raise argparse.ArgumentTypeError(
-            f"Expected FIELD=VALUE with a field of TrainConfig ({', '.join(fields)}). "
-            f"Received: {text!r}."
+            f"Expected FIELD=VALUE with a field of TrainConfig ({', '.join(fields)}) or an "
+            f"option of MetaLabelNet ({', '.join(options.NAMES)}). Received: {text!r}."
         )
-    default = getattr(train.TrainConfig(), name)
+    if name in options.NAMES:
+        default = getattr(options.RECOMMENDED, name)
+    else:
+        default = getattr(train.TrainConfig(), name)
     if isinstance(default, bool):
         return name, value.lower() in ("1", "true", "yes")
     if isinstance(default, tuple):
@@ -137,10 +142,7 @@ def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
                     results = json.load(f)
             else:
                 fields = dict(noise=noise, rate=rate, seed=seed, **cell_overrides)
-                if preset:
-                    config = train.TrainConfig.from_preset(preset, **fields)
-                else:
-                    config = train.TrainConfig(**fields)
+                config = train.TrainConfig.from_settings(preset=preset, **fields)
                 if baselines_from:
                     copy_baseline(os.path.join(baselines_from, os.path.basename(folder)),
                                   folder, config)  # fmt: skip
@@ -153,10 +155,12 @@ def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
             if last_epoch is not None:
                 with open(os.path.join(folder, "config.json")) as f:
                     stages = json.load(f)
-                if not stages["stage1"] < last_epoch <= stages["stage2"]:
+                first = stages["warmup_epochs"]
+                last = first + stages["meta_epochs"]
+                if not first < last_epoch <= last:
                     raise ValueError(
-                        f"--last-epoch {last_epoch} is not an epoch of stage 2 in {folder!r}, "
-                        f"which ran epochs {stages['stage1'] + 1}–{stages['stage2']}."
+                        f"--last-epoch {last_epoch} is not an epoch of the meta stage in "
+                        f"{folder!r}, which ran epochs {first + 1}–{last}."
                     )
                 accuracies = best_on_meta_up_to(folder, accuracies, last_epoch)
             for method, accuracy in accuracies.items():

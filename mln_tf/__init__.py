@@ -1,6 +1,6 @@
 """mln_tf: MetaLabelNet for Keras 3 on TensorFlow."""
 
-from mln_tf import classifiers, data, distribute, losses, noise
+from mln_tf import classifiers, data, distribute, losses, noise, options
 from mln_tf.meta_label_net import MetaLabelNet, NonFiniteLossError
 
 __version__ = "0.1.0"
@@ -13,4 +13,5 @@ __all__ = [
     "distribute",
     "losses",
     "noise",
+    "options",
 ]

@@ -8,6 +8,8 @@ matplotlib.use("Agg")  # files only: no display is needed or assumed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mln_tf import options as options_lib  # noqa: E402
+
 METHOD_NAMES = {
     "warm_up": "warm-up (cross-entropy)",
     "cross_entropy": "cross-entropy",
@@ -33,35 +35,30 @@ def write_history(path, warm_up_history, histories):
 
 
 def _describe_meta_label_net(config):
-    """One sentence on which MetaLabelNet ran: the authors' or with the project's options."""
-    label = (
-        f"reads the given label (initial trust {config.label_trust:g})"
-        if config.label_input
-        else "ignores the given label"
-    )
-    start = {"random": "random weights", "classifier_head": "the warm-up's last layer"}
-    loss = {"reverse_kl": "the reverse KL divergence", "cross_entropy": "cross-entropy"}
-    scale = {"mean": "averaged over batch × classes", "sum_over_classes": "summed over classes"}
+    """One sentence on which MetaLabelNet ran, and its options that differ from the paper's."""
     preset = f" (preset {config.preset!r})" if config.preset else ""
-    return (
-        f"MetaLabelNet{preset}: the generator {label}, starts from "
-        f"{start[config.generator_init]} and learns at β = {config.generator_learning_rate:g}; "
-        f"the classifier's loss is {loss[config.label_loss]} "
-        f"({scale[config.loss_scale]}) with entropy weight {config.entropy_weight:g}; "
-        f"α = {config.virtual_lr:g}, virtual scope {config.virtual_scope!r}."
-    )
+    changes = config.options.changes_from(options_lib.PAPER)
+    if not changes:
+        return f"MetaLabelNet{preset}: the authors' algorithm, with all their settings."
+    listed = ", ".join(f"{name}={value!r}" for name, value in changes.items())
+    return f"MetaLabelNet{preset}: the authors' algorithm, except {listed}."
 
 
 def format_report(config, results):
     """The markdown report: test accuracy of each method, best-on-meta and final epoch."""
-    rate = f" at rate {config.rate}" if config.rate else ""
+    if config.label_set is not None:
+        noise = f"human noise, label set {config.label_set!r}"
+    else:
+        noise = f"{config.noise} noise" + (f" at rate {config.rate}" if config.rate else "")
     warm_up = results["warm_up"]
     lines = [
-        f"# {config.dataset}, {config.noise} noise{rate} (measured {results['noise_rate']:.3f})"
+        f"# {config.dataset}, {noise} (measured {results['noise_rate']:.3f})"
         f", {config.meta_size} clean meta images",
         "",
-        f"Warm-up {config.stage1} epochs{' (reused from the cache)' if warm_up['cached'] else ''}"
-        f", stage 2 until epoch {config.stage2}, batch {config.batch_size}, seed {config.seed}. "
+        f"Warm-up {config.warmup_epochs} epochs"
+        f"{' (reused from the cache)' if warm_up['cached'] else ''}"
+        f", then {config.meta_epochs} meta-stage epochs, batch {config.batch_size}, "
+        f"seed {config.seed}. "
         f"Model selection: the epoch with the {results['model_selection']}; the final epoch "
         "is shown too. The test set is used for reporting only.",
         "",

@@ -1,8 +1,9 @@
 """Training entry points: the two-stage schedule, and MetaLabelNet against its baselines.
 
-Stage 1 (warm-up) trains the classifier with plain cross-entropy on the noisy labels. It is
-trained once, cached on disk keyed by its settings, and shared: stage 2 continues from its
-weights and optimizer state once per method, on the same data and batch order:
+The warm-up trains the classifier with plain cross-entropy on the noisy labels. It is
+trained once, cached on disk keyed by everything that shapes it, and shared: the meta stage
+continues from its weights and optimizer state once per method, on the same data and batch
+order (`mln_tf.schedule`):
 
 - `cross_entropy`: plain training goes on (the baseline);
 - `meta_label_net`: MetaLabelNet;
@@ -20,65 +21,52 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from mln_tf import classifiers, distribute, losses, noise, report
+from mln_tf import classifiers, distribute, losses, noise, report, schedule
 from mln_tf import data as mln_data
+from mln_tf import options as options_lib
 from mln_tf.callbacks import EpochCheckpoint, EvaluateEachEpoch, LabelCorrection
-from mln_tf.meta_label_net import (
-    RECOMMENDED_OPTIONS,
-    MetaLabelNet,
-    paper_classifier_optimizer,
-    paper_generator_optimizer,
-)
+from mln_tf.meta_label_net import MetaLabelNet, paper_classifier_optimizer
 
 SYNTHETIC_DATASETS = ("fashion_mnist", "digits")
 HUMAN_NOISE_DATASETS = ("cifar10_n", "cifar100_n")
 DATASETS = SYNTHETIC_DATASETS + HUMAN_NOISE_DATASETS
+# The label sets of the datasets with human noise; the first is the default.
+LABEL_SETS = {
+    "cifar10_n": tuple(mln_data.CIFAR10N_LABEL_KEYS),
+    "cifar100_n": ("noisy_fine",),
+}
+# A smaller default meta set where 1,000 images would leave too few to train on.
+DEFAULT_META_SIZES = {"digits": 100}
 
-# The authors' algorithm, as their code runs it (ALGORITHM.md): a randomly initialised
-# generator that ignores the given label, losses averaged over B×C, α = 1, β = 1e-3.
-PAPER_ALGORITHM = dict(
-    generator_learning_rate=1e-3, virtual_lr=1.0, entropy_weight=1.0, virtual_scope="all",
-    label_input=False, generator_init="random", label_trust=0.0, loss_scale="mean",
-    label_loss="reverse_kl",
-)  # fmt: skip
-
-# The paper's hyper-parameters (ALGORITHM.md). Learning-rate boundaries are 0-based epochs.
-# "paper" is the authors' algorithm on the default data and schedule.
+# The paper's hyper-parameters (`docs/algorithm.md`). Learning-rate boundaries are 0-based
+# epochs. "paper" is the authors' algorithm on the default data and schedule. Those of
+# Clothing1M, Food-101N and WebVision are in `docs/algorithm.md`: mln_tf has no loader for them.
 PRESETS = {
-    "paper": PAPER_ALGORITHM,
-    "cifar10": PAPER_ALGORITHM | dict(
-        dataset="cifar10_n", noise="worse", architecture="cifar10_cnn", batch_size=128,
-        stage1=44, stage2=120, learning_rates=(1e-2, 1e-3, 1e-4), lr_boundaries=(40, 80),
-        generator_learning_rate=1e-2, meta_size=5000,
-    ),
-    "clothing1m": PAPER_ALGORITHM | dict(
-        dataset="clothing1m", noise="human", architecture="resnet50", batch_size=32,
-        stage1=1, stage2=10, learning_rates=(1e-3, 1e-4), lr_boundaries=(5,),
-        generator_learning_rate=1e-3, meta_size=5000,
-    ),
-    "food101n": PAPER_ALGORITHM | dict(
-        dataset="food101n", noise="human", architecture="resnet50", batch_size=32,
-        stage1=6, stage2=20, learning_rates=(1e-3, 1e-4, 1e-5), lr_boundaries=(5, 10),
-        generator_learning_rate=1e-3, meta_size=10000,
-    ),
-    "webvision": PAPER_ALGORITHM | dict(
-        dataset="webvision", noise="human", architecture="inception_resnet_v2",
-        batch_size=25, stage1=14, stage2=30, learning_rates=(1e-2, 1e-3, 1e-4),
-        lr_boundaries=(12, 30), generator_learning_rate=1e-3, meta_size=1000,
+    "paper": dict(options=options_lib.PAPER),
+    "cifar10": dict(
+        options=options_lib.PAPER.replace(generator_learning_rate=1e-2),
+        dataset="cifar10_n", label_set="worse", architecture="cifar10_cnn", batch_size=128,
+        warmup_epochs=44, meta_epochs=76, learning_rates=(1e-2, 1e-3, 1e-4),
+        lr_boundaries=(40, 80), meta_size=5000,
     ),
 }  # fmt: skip
 
-# The fields that decide the warm-up's result, and so its cache key.
+# The fields that decide the warm-up's result, and so its cache key, besides the versions
+# and the classifier's architecture (`TrainConfig.warm_up_key`).
 WARM_UP_FIELDS = (
-    "dataset", "noise", "rate", "meta_size", "architecture", "backbone_weights", "stage1",
-    "batch_size", "learning_rates", "lr_boundaries", "seed", "max_train_examples",
-    "data_dir", "deterministic", "strategy", "devices",
+    "dataset", "noise", "rate", "label_set", "meta_size", "architecture", "backbone_weights",
+    "warmup_epochs", "batch_size", "learning_rates", "lr_boundaries", "seed",
+    "max_train_examples", "data_dir", "deterministic", "strategy", "devices",
 )  # fmt: skip
+# Names of an earlier release: `stage1` is `warmup_epochs`; `stage2` (and `epochs`) was the
+# last epoch, `warmup_epochs + meta_epochs`.
+DEPRECATED_FIELDS = ("stage1", "stage2", "epochs")
 
 
 @dataclasses.dataclass
@@ -87,38 +75,26 @@ class TrainConfig:
 
     Attributes:
         dataset: str, one of `DATASETS`. Defaults to `"fashion_mnist"`.
-        noise: str, a noise model of `mln_tf.noise` for synthetic datasets; for CIFAR-10N
-            the label set (`"aggre"`, `"worse"`, `"random1"`…). Defaults to
-            `"feature_dependent"`.
+        noise: str, a noise model of `mln_tf.noise` (synthetic datasets only; `"human"`
+            for the others). Defaults to `"feature_dependent"`.
         rate: float, the noise rate in [0, 1) (synthetic noise only). Defaults to 0.4.
-        meta_size: int, the size of the clean meta set. Defaults to 1000.
+        label_set: optional str, the label set of a dataset with human noise (`LABEL_SETS`:
+            CIFAR-10N's `"aggre"`, `"worse"`, `"random1"`…). Defaults to `None`, the first.
+        meta_size: optional int, the size of the clean meta set. Defaults to `None`, the
+            dataset's default: 1,000, or 100 for the 1,437 training images of `"digits"`.
         architecture: str, a key of `mln_tf.classifiers.ARCHITECTURES`. Defaults to
             `"fashion_cnn"`.
         backbone_weights: optional path of pre-trained backbone weights (ResNet-50 and
             InceptionResNetV2). Defaults to `None`.
-        stage1: int, warm-up epochs. Defaults to 3.
-        stage2: int, the last epoch: stage 2 runs `stage2 - stage1` epochs. Defaults to 6.
+        warmup_epochs: int, the cross-entropy warm-up's epochs. Defaults to 3.
+        meta_epochs: int, the meta stage's epochs, after the warm-up. Defaults to 3.
         batch_size: int. Defaults to 64.
         learning_rates: tuple of the classifier's SGD learning rates, one per interval of
             `lr_boundaries`. Defaults to `(1e-2,)`, constant.
-        lr_boundaries: tuple of the 0-based epochs where the next learning rate starts.
-            Defaults to `()`.
-        generator_learning_rate: float, β. Defaults to 1e-3.
-        virtual_lr: float, α. Defaults to 1.0.
-        entropy_weight: float. Defaults to 0.0 (the paper: 1.0).
-        virtual_scope: str, `"all"` (the exact meta-gradient) or `"head"` (the virtual step
-            moves the classifier's last layer only; `MetaLabelNet`). Defaults to `"head"`
-            (the paper: `"all"`).
-        label_input: bool, whether the generator also sees the given label
-            (`MetaLabelNet`). Defaults to `True` (the paper: `False`).
-        generator_init: str, `"random"` or `"classifier_head"` (`MetaLabelNet`).
-            Defaults to `"classifier_head"` (the paper: `"random"`).
-        label_trust: float, the given label's initial logit bonus with `label_input`.
-            Defaults to 5.0.
-        loss_scale: str, `"mean"` or `"sum_over_classes"` (`MetaLabelNet`). Defaults to
-            `"sum_over_classes"` (the paper: `"mean"`).
-        label_loss: str, `"reverse_kl"` or `"cross_entropy"` (`MetaLabelNet`). Defaults
-            to `"cross_entropy"` (the paper: `"reverse_kl"`).
+        lr_boundaries: tuple of the 0-based epochs (counted from the warm-up's first)
+            where the next learning rate starts. Defaults to `()`.
+        options: `mln_tf.options.MetaLabelNetOptions`. Defaults to
+            `mln_tf.options.RECOMMENDED` (the paper: `mln_tf.options.PAPER`).
         seed: int. Defaults to 0.
         jit_compile: bool or `"auto"`. Defaults to `"auto"` (XLA on a GPU only).
         deterministic: bool, whether to enable TensorFlow's deterministic ops. Defaults to
@@ -135,30 +111,25 @@ class TrainConfig:
             `batch_size` as the global batch. Defaults to `None`, one device.
         devices: optional int, the number of devices per machine for `strategy`.
             Defaults to `None` (all GPUs, or one CPU device).
+        warm_up_cache: bool, whether to reuse a cached warm-up with the same key, and cache
+            this one. Defaults to `True`.
         preset: optional str, the key of `PRESETS` this configuration started from.
             Defaults to `None`.
     """
 
     dataset: str = "fashion_mnist"
-    noise: str = "feature_dependent"
+    noise: str | None = "feature_dependent"
     rate: float | None = 0.4
-    meta_size: int = 1000
+    label_set: str | None = None
+    meta_size: int | None = None
     architecture: str = "fashion_cnn"
     backbone_weights: str | None = None
-    stage1: int = 3
-    stage2: int = 6
+    warmup_epochs: int = 3
+    meta_epochs: int = 3
     batch_size: int = 64
     learning_rates: tuple = (1e-2,)
     lr_boundaries: tuple = ()
-    generator_learning_rate: float = 1e-3
-    virtual_lr: float = 1.0
-    entropy_weight: float = RECOMMENDED_OPTIONS["entropy_weight"]
-    virtual_scope: str = RECOMMENDED_OPTIONS["virtual_scope"]
-    label_input: bool = RECOMMENDED_OPTIONS["label_input"]
-    generator_init: str = RECOMMENDED_OPTIONS["generator_init"]
-    label_trust: float = RECOMMENDED_OPTIONS["label_trust"]
-    loss_scale: str = RECOMMENDED_OPTIONS["loss_scale"]
-    label_loss: str = RECOMMENDED_OPTIONS["label_loss"]
+    options: options_lib.MetaLabelNetOptions = options_lib.RECOMMENDED
     seed: int = 0
     jit_compile: object = "auto"
     deterministic: bool = False
@@ -168,16 +139,54 @@ class TrainConfig:
     clean_reference: bool = False
     strategy: str | None = None
     devices: int | None = None
+    warm_up_cache: bool = True
     preset: str | None = None
+
+    @classmethod
+    def from_settings(cls, preset=None, **settings):
+        """A configuration from flat settings: its fields, MetaLabelNet's options by name,
+        and the names of an earlier release (with a `DeprecationWarning`).
+
+        Args:
+            preset: optional str, one of `PRESETS`, the starting point.
+            **settings: fields of `TrainConfig` and of `mln_tf.options.MetaLabelNetOptions`.
+
+        Returns:
+            A `TrainConfig`.
+
+        Example:
+
+        >>> config = TrainConfig.from_settings(label_trust=10.0, warmup_epochs=2)
+        >>> config.options.label_trust, config.options.label_loss, config.warmup_epochs
+        (10.0, 'cross_entropy', 2)
+        """
+        base = {}
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ValueError(
+                    f"Invalid value for argument `preset`. Received: preset={preset!r}. "
+                    f"Expected one of {', '.join(repr(key) for key in PRESETS)}."
+                )
+            base = {**PRESETS[preset], "preset": preset}
+        option_changes, settings = options_lib.split(settings)
+        settings = _translate_deprecated_fields(settings, base)
+        options = settings.pop("options", None) or base.pop("options", options_lib.RECOMMENDED)
+        base.pop("options", None)
+        unknown = sorted(set(settings) - {field.name for field in dataclasses.fields(cls)})
+        if unknown:
+            raise TypeError(
+                f"Unknown setting(s): {', '.join(unknown)}. Expected fields of TrainConfig or "
+                "options of MetaLabelNet (mln_tf.options)."
+            )
+        return cls(**{**base, **settings, "options": options.replace(**option_changes)})
 
     @classmethod
     def from_preset(cls, name, **overrides):
         """The paper's hyper-parameters for a dataset, with optional overrides.
 
         Args:
-            name: str, one of `PRESETS`: `"cifar10"`, `"clothing1m"`, `"food101n"` or
-                `"webvision"`.
-            **overrides: any other field of `TrainConfig`.
+            name: str, one of `PRESETS`: `"paper"` or `"cifar10"`.
+            **overrides: any other field of `TrainConfig` or option of MetaLabelNet.
 
         Returns:
             A `TrainConfig`.
@@ -187,35 +196,52 @@ class TrainConfig:
         >>> TrainConfig.from_preset("cifar10").lr_boundaries
         (40, 80)
         """
-        if name not in PRESETS:
-            raise ValueError(
-                f"Invalid value for argument `preset`. Received: preset={name!r}. Expected one "
-                f"of {', '.join(repr(key) for key in PRESETS)}."
-            )
-        return cls(**{**PRESETS[name], "preset": name, **overrides})
+        return cls.from_settings(preset=name, **overrides)
 
     def __post_init__(self):
+        if isinstance(self.options, dict):  # read back from config.json
+            self.options = options_lib.MetaLabelNetOptions(**self.options)
+        if not isinstance(self.options, options_lib.MetaLabelNetOptions):
+            raise TypeError(
+                f"Invalid type for argument `options`. Received: {type(self.options).__name__}."
+                " Expected a `mln_tf.options.MetaLabelNetOptions`."
+            )
         self.learning_rates = tuple(float(rate) for rate in self.learning_rates)
         self.lr_boundaries = tuple(int(epoch) for epoch in self.lr_boundaries)
         if self.dataset not in DATASETS:
             raise ValueError(
                 f"Invalid value for argument `dataset`. Received: dataset={self.dataset!r}. "
                 f"Expected one of {', '.join(repr(name) for name in DATASETS)}."
-                + _MISSING_LOADERS.get(self.dataset, "")
             )
+        if self.meta_size is None:
+            self.meta_size = DEFAULT_META_SIZES.get(self.dataset, 1000)
         if self.dataset in SYNTHETIC_DATASETS:
+            if self.label_set is not None:
+                raise ValueError(
+                    f"Invalid value for argument `label_set`. Received: label_set="
+                    f"{self.label_set!r}. {self.dataset!r} has synthetic noise: choose it with "
+                    "`noise` and `rate` instead."
+                )
             self.noise, self.rate = noise.check_noise_arguments(self.noise, self.rate)
-        elif self.dataset == "cifar10_n" and self.noise not in mln_data.CIFAR10N_LABEL_KEYS:
-            raise ValueError(
-                f"Invalid value for argument `noise`. Received: noise={self.noise!r}. Expected "
-                "one of CIFAR-10N's label sets: "
-                f"{', '.join(repr(key) for key in mln_data.CIFAR10N_LABEL_KEYS)}."
-            )
-        if not 0 <= self.stage1 < self.stage2:
-            raise ValueError(
-                f"Invalid value for arguments `stage1`/`stage2`. Received: stage1={self.stage1}, "
-                f"stage2={self.stage2}. Expected 0 <= stage1 < stage2."
-            )
+        else:
+            self.noise, self.rate = "human", None
+            label_sets = LABEL_SETS[self.dataset]
+            if self.label_set is None:
+                self.label_set = label_sets[0]
+            if self.label_set not in label_sets:
+                raise ValueError(
+                    f"Invalid value for argument `label_set`. Received: label_set="
+                    f"{self.label_set!r}. Expected one of {self.dataset}'s label sets: "
+                    f"{', '.join(repr(key) for key in label_sets)}."
+                )
+        for name in ("warmup_epochs", "meta_epochs"):
+            value = getattr(self, name)
+            minimum = 0 if name == "warmup_epochs" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(
+                    f"Invalid value for argument `{name}`. Received: {name}={value!r}. "
+                    f"Expected an integer of at least {minimum}."
+                )
         if self.batch_size < 1:
             raise ValueError(
                 f"Invalid value for argument `batch_size`. Received: batch_size="
@@ -236,6 +262,11 @@ class TrainConfig:
                 f"{', '.join(repr(name) for name in classifiers.ARCHITECTURES)}."
             )
 
+    @property
+    def last_epoch(self):
+        """The number of epochs of the whole schedule, warm-up included."""
+        return self.warmup_epochs + self.meta_epochs
+
     def learning_rate(self, epoch):
         """The classifier's learning rate in a 0-based epoch: a piecewise-constant schedule.
 
@@ -247,18 +278,52 @@ class TrainConfig:
         """
         return self.learning_rates[bisect.bisect_right(self.lr_boundaries, epoch)]
 
-    def warm_up_key(self):
-        """A hash of every setting that decides the warm-up's result."""
+    def to_dict(self):
+        """The settings as plain JSON values (`config.json`)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def warm_up_key(self, classifier_config=None):
+        """A hash of everything that shapes the warm-up's result: its settings, the
+        classifier's architecture (its Keras config), and the TensorFlow, Keras and mln_tf
+        versions."""
+        import mln_tf
+
         settings = {name: getattr(self, name) for name in WARM_UP_FIELDS}
+        settings["classifier"] = classifier_config
+        settings["versions"] = (tf.__version__, keras.__version__, mln_tf.__version__)
         text = json.dumps(settings, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-_MISSING_LOADERS = {
-    name: f" {name!r} has the paper's hyper-parameters as a preset, but mln_tf has no "
-    "loader for it yet: use `TrainConfig.from_preset(...)` with your own pipeline."
-    for name in ("clothing1m", "food101n", "webvision")
-}
+def _translate_deprecated_fields(settings, base):
+    settings = dict(settings)
+    old = {name: settings.pop(name) for name in DEPRECATED_FIELDS if name in settings}
+    if not old:
+        return settings
+    if "stage2" in old and "epochs" in old and old["stage2"] != old["epochs"]:
+        raise ValueError(
+            f"epochs={old['epochs']} and stage2={old['stage2']} disagree: both are the last "
+            "epoch. Give `warmup_epochs` and `meta_epochs` instead."
+        )
+    warnings.warn(
+        f"{', '.join(sorted(old))} are deprecated: use `warmup_epochs` (the warm-up's "
+        "epochs) and `meta_epochs` (the meta stage's epochs after it).",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    if "stage1" in old:
+        settings["warmup_epochs"] = old["stage1"]
+    last = old.get("stage2", old.get("epochs"))
+    if last is not None:
+        warmup = settings.get("warmup_epochs", base.get("warmup_epochs", TrainConfig.warmup_epochs))
+        if not last > warmup:
+            raise ValueError(
+                f"Invalid value for the last epoch (stage2/epochs). Received: {last}, with "
+                f"{warmup} warm-up epochs. Expected more than the warm-up's epochs."
+            )
+        settings["meta_epochs"] = last - warmup
+    return settings
+
 
 # Each plain method's loss, made from the run and the warm-up checkpoint.
 METHOD_LOSSES = {
@@ -382,7 +447,7 @@ def load_data(config):
         )
     if config.dataset == "cifar10_n":
         return mln_data.load_cifar10_n(
-            label=config.noise, meta_size=config.meta_size, seed=config.seed,
+            label=config.label_set, meta_size=config.meta_size, seed=config.seed,
             data_dir=config.data_dir,
         )  # fmt: skip
     return mln_data.load_cifar100_n(
@@ -407,14 +472,9 @@ def build_classifier(config, data, loss, strategy=None):
         classifier = classifiers.build(
             config.architecture, data.num_classes, data.image_shape, config.backbone_weights
         )
-        classifier.compile(
-            optimizer=paper_classifier_optimizer(config.learning_rates[0]),
-            loss=loss,
-            metrics=["accuracy"],
-            jit_compile=config.jit_compile,
+        schedule.compile_for_warm_up(
+            classifier, config.learning_rates[0], loss=loss, jit_compile=config.jit_compile
         )
-        # Built now so that a checkpoint's optimizer state can be loaded into it.
-        classifier.optimizer.build(classifier.trainable_variables)
     return classifier
 
 
@@ -431,22 +491,28 @@ def _warm_started_classifier(session, loss, warm_up_dir):
 def _warm_up(session):
     """Trains stage 1 once per configuration; returns its checkpoint folder and history."""
     config = session.config
-    cache_dir = noise.default_cache_dir() / "warm_up" / config.warm_up_key()
-    if (cache_dir / "state.json").exists():
-        history = EpochCheckpoint(str(cache_dir)).read_state()["history"]
-        _log(session.verbose, f"Stage 1: warm-up, {config.stage1} epochs, reused from the cache")
-        return str(cache_dir), history, True
-    _log(session.verbose, f"Stage 1: warm-up with cross-entropy, {config.stage1} epochs")
     keras.utils.set_random_seed(config.seed)
     classifier = build_classifier(config, session.data, _cross_entropy(), session.strategy)
+    cache_dir = noise.default_cache_dir() / "warm_up" / config.warm_up_key(
+        json.loads(classifier.to_json())
+    )
+    if config.warm_up_cache and (cache_dir / "state.json").exists():
+        history = EpochCheckpoint(str(cache_dir)).read_state()["history"]
+        _log(session.verbose, f"Warm-up: {config.warmup_epochs} epochs, reused from the cache "
+                              f"({cache_dir}; --no-warm-up-cache trains it again)")  # fmt: skip
+        return str(cache_dir), history, True
+    _log(session.verbose, f"Warm-up with cross-entropy: {config.warmup_epochs} epochs")
     stage_dir = os.path.join(session.out_dir, "stages", "warm_up")
-    if config.stage1 == 0:
+    if config.warmup_epochs == 0:
         # Nothing to train: the checkpoint is the initial classifier.
         EpochCheckpoint(stage_dir).save(classifier, epoch=0)
         history = {}
     else:
-        history = _fit_stage(session, "warm_up", classifier, session.train, 0, config.stage1,
+        history = _fit_stage(session, "warm_up", classifier, session.train, 0,
+                             config.warmup_epochs,
                              EvaluateEachEpoch(classifier, session.evaluation))  # fmt: skip
+    if not config.warm_up_cache:
+        return stage_dir, history, False
     # Publish the finished warm-up atomically, for every later run with these settings.
     temporary = cache_dir.with_name(cache_dir.name + f".tmp{os.getpid()}")
     shutil.copytree(stage_dir, temporary, dirs_exist_ok=True)
@@ -459,43 +525,30 @@ def _warm_up(session):
 
 def _plain_stage(session, method, warm_up_dir):
     config = session.config
-    _log(session.verbose, f"Stage 2, {method}: {config.stage2 - config.stage1} epochs")
+    _log(session.verbose, f"Meta stage, {method}: {config.meta_epochs} epochs")
     keras.utils.set_random_seed(config.seed + 1)
     loss = METHOD_LOSSES[method](session, warm_up_dir)
     classifier = _warm_started_classifier(session, loss, warm_up_dir)
-    return _fit_stage(session, method, classifier, session.train, config.stage1, config.stage2,
+    return _fit_stage(session, method, classifier, session.train, config.warmup_epochs,
+                      config.last_epoch,
                       _evaluate(session, classifier, method))  # fmt: skip
 
 
 def _meta_label_net_stage(session, warm_up_dir):
     config = session.config
-    _log(session.verbose, f"Stage 2, meta_label_net: {config.stage2 - config.stage1} epochs")
+    _log(session.verbose, f"Meta stage, meta_label_net: {config.meta_epochs} epochs")
     keras.utils.set_random_seed(config.seed + 1)
     classifier = _warm_started_classifier(session, _cross_entropy(), warm_up_dir)
     with session.strategy.scope():
         model = MetaLabelNet(
-            classifier,
-            feature_layer=classifiers.FEATURE_LAYER,
-            label_input=config.label_input,
-            generator_init=config.generator_init,
-            label_trust=config.label_trust,
-            loss_scale=config.loss_scale,
-            label_loss=config.label_loss,
+            classifier, feature_layer=classifiers.FEATURE_LAYER, options=config.options
         )
         model.compile(
             optimizer=paper_classifier_optimizer(config.learning_rates[0]),
-            generator_optimizer=paper_generator_optimizer(config.generator_learning_rate),
-            virtual_lr=config.virtual_lr,
-            entropy_weight=config.entropy_weight,
-            virtual_scope=config.virtual_scope,
             # Under a strategy Keras runs without XLA; MetaLabelNet warns if it was asked.
             jit_compile=config.jit_compile,
         )
-    # The warm-up's optimizer state, momentum included: the classifier continues training.
-    for variable, warm_up_value in zip(
-        model.optimizer.variables, classifier.optimizer.variables, strict=True
-    ):
-        variable.assign(warm_up_value)
+    schedule.start_meta_stage(model, classifier)
     callbacks = [_evaluate(session, model.classifier, "meta_label_net")]
     correction = None
     data = session.data
@@ -511,9 +564,10 @@ def _meta_label_net_stage(session, warm_up_dir):
     # No augmentation here: the frozen features are computed once, not at every step.
     train = mln_data.cache_features(session.train, model.feature_extractor)
     stream = mln_data.with_meta(
-        train, data.meta, config.batch_size, seed=config.seed + config.stage1
+        train, data.meta, config.batch_size, seed=config.seed + config.warmup_epochs
     )
-    history = _fit_stage(session, "meta_label_net", model, stream, config.stage1, config.stage2,
+    history = _fit_stage(session, "meta_label_net", model, stream, config.warmup_epochs,
+                         config.last_epoch,
                          *callbacks)  # fmt: skip
     model.save(os.path.join(session.out_dir, "meta_label_net.keras"))
     initial = None
@@ -535,14 +589,14 @@ def _clean_reference_stage(session):
             f"The clean reference needs the true labels of the training images, which "
             f"{config.dataset!r} does not provide in memory. Run without it."
         )
-    _log(session.verbose, f"Clean reference: cross-entropy on the true labels, {config.stage2} "
+    _log(session.verbose, f"Clean reference: cross-entropy on the true labels, {config.last_epoch} "
                           "epochs from scratch")  # fmt: skip
     keras.utils.set_random_seed(config.seed)
     classifier = build_classifier(config, data, _cross_entropy(), session.strategy)
     train = data.train_clean
     if config.max_train_examples:
         train = train.take(config.max_train_examples)
-    return _fit_stage(session, "clean_reference", classifier, train, 0, config.stage2,
+    return _fit_stage(session, "clean_reference", classifier, train, 0, config.last_epoch,
                       _evaluate(session, classifier, "clean_reference"))  # fmt: skip
 
 
@@ -565,19 +619,9 @@ def _fit_stage(session, name, model, dataset, first_epoch, last_epoch, *callback
     # then the same whether the run was interrupted or not.
     steps = session.steps_per_epoch
     stream = stream.repeat().skip((epoch - first_epoch) * steps)
-    model.fit(
-        stream,
-        steps_per_epoch=steps,
-        initial_epoch=epoch,
-        epochs=last_epoch,
-        shuffle=False,  # the stream is shuffled already
-        callbacks=[
-            *callbacks,
-            keras.callbacks.LearningRateScheduler(config.learning_rate),
-            checkpoint,
-        ],
-        verbose=session.verbose,
-    )
+    schedule.fit_epochs(model, stream, epoch, last_epoch, config.learning_rate,
+                        [*callbacks, checkpoint], steps_per_epoch=steps,
+                        verbose=session.verbose)  # fmt: skip
     return checkpoint.history
 
 
@@ -605,7 +649,7 @@ def _results(session, warm_up_history, warm_up_cached, histories, label_correcti
         "noise_rate": session.data.noise_rate,
         "model_selection": "best accuracy on the clean meta set",
         "warm_up": {
-            "epochs": config.stage1,
+            "epochs": config.warmup_epochs,
             "cached": warm_up_cached,
             "test_accuracy": (warm_up_history.get("test_accuracy") or [None])[-1],
             "seconds": float(sum(warm_up_history.get("epoch_seconds", []))),
@@ -624,7 +668,7 @@ def _results(session, warm_up_history, warm_up_cached, histories, label_correcti
     if label_correction is not None:
         logs = histories["meta_label_net"]
         results["label_correction"] = {
-            "epochs": [config.stage1, *logs["epoch"]],
+            "epochs": [config.warmup_epochs, *logs["epoch"]],
             "fraction": [label_correction, *logs["label_correction"]],
         }
     return results

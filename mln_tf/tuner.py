@@ -3,8 +3,9 @@
 `MetaLabelNetHyperModel` searches β (the generator's learning rate), α (the virtual step),
 the warm-up length and the entropy weight. Each trial builds a fresh classifier, warms it
 up with cross-entropy on the noisy labels, cuts the frozen feature extractor from it,
-starts the label generator from it and runs the meta stage with `MetaLabelNet.fit`. The
-MetaLabelNet options default to `mln_tf.meta_label_net.RECOMMENDED_OPTIONS`, as the main job's do.
+starts the label generator from it and runs the meta stage with `MetaLabelNet.fit`, through
+the same schedule as the main job (`mln_tf.schedule`). The MetaLabelNet options default to
+`mln_tf.options.RECOMMENDED`, as the main job's do.
 The objective must be a metric of a clean validation split that is neither the meta set nor
 the test split, for example `kt.Objective("val_accuracy", "max")` with `validation_data=`
 from `mln_tf.data.split_validation`.
@@ -32,13 +33,9 @@ import keras_tuner as kt
 import numpy as np
 import tensorflow as tf
 
-from mln_tf import classifiers
-from mln_tf.meta_label_net import (
-    RECOMMENDED_OPTIONS,
-    MetaLabelNet,
-    paper_classifier_optimizer,
-    paper_generator_optimizer,
-)
+from mln_tf import classifiers, schedule
+from mln_tf import options as options_lib
+from mln_tf.meta_label_net import MetaLabelNet, paper_classifier_optimizer
 
 # Hyperband sets this value on a trial that continues the best model of an earlier round.
 RESUMED_TRIAL_KEY = "tuner/trial_id"
@@ -58,20 +55,19 @@ class MetaLabelNetHyperModel(kt.HyperModel):
     validation_data=..., epochs=...)` then:
 
     1. warms up a copy of `model.classifier` with cross-entropy on the noisy half of `x`
-       for `warmup_epochs` epochs, without the tuner's callbacks, and copies the weights
-       back into the classifier;
-    2. cuts the frozen feature extractor again (`model.refresh_feature_extractor()`) and
-       starts the generator from the warmed-up classifier
-       (`model.initialize_label_generator()`);
-    3. runs `model.fit(x, epochs=epochs, validation_data=..., callbacks=...)`, the meta
-       stage, with the tuner's callbacks.
+       for `warmup_epochs` epochs, without the tuner's callbacks (`schedule.warm_up`);
+    2. continues from it (`schedule.start_meta_stage`): the warmed-up weights and SGD
+       momentum, the frozen feature extractor cut again, the generator started as the
+       options say;
+    3. runs the meta stage (`schedule.meta_stage`) for `epochs` epochs with the tuner's
+       callbacks and `validation_data`.
 
     `epochs` counts meta-stage epochs only, which is what Hyperband's epoch budget means. A
     Hyperband trial that continues an earlier trial's model has its warmed-up classifier,
     feature extractor and generator loaded already, so its warm-up is skipped.
 
     Each search dimension is either a `(min, max)` pair, searched (log scale for the two
-    learning rates), or a single number, fixed.
+    learning rates), a single number, fixed, or `None`, fixed to the value in `options`.
 
     Args:
         num_classes: int, the number of classes C.
@@ -87,16 +83,16 @@ class MetaLabelNetHyperModel(kt.HyperModel):
         warmup_epochs: `(min, max)` or int, the cross-entropy warm-up length. Defaults to
             `(1, 5)`.
         entropy_weight: `(min, max)` or float. Defaults to `(0.0, 1.0)`.
-        label_trust: float, κ, the given label's initial logit bonus with `label_input`;
-            or a `(min, max)` pair, searched as the hyper-parameter `"label_trust"` (no
-            single κ suits every noise: `docs/accuracy.md`). Defaults to 5.0, fixed.
-        virtual_scope, label_input, generator_init, loss_scale, label_loss:
-            fixed `MetaLabelNet` options (see its docstring). Default to
-            `mln_tf.meta_label_net.RECOMMENDED_OPTIONS`. `**mln_tf.train.PAPER_ALGORITHM` gives the
-            authors' algorithm, with β, α and the entropy weight fixed to theirs unless
-            passed after it as ranges. With
-            `generator_init="classifier_head"` the classifier's last layer must be a linear
-            Dense layer on the features.
+        label_trust: `(min, max)`, float or `None`, κ, the given label's initial logit
+            bonus with `label_input`; a pair is searched as the hyper-parameter
+            `"label_trust"` (no single κ suits every noise: `docs/accuracy.md`). Defaults to
+            `None`, the options' κ, not declared.
+        options: `mln_tf.options.MetaLabelNetOptions`, the fixed options, and the values of
+            the dimensions passed as `None`. Defaults to `mln_tf.options.RECOMMENDED`.
+            `options=mln_tf.options.PAPER` with `generator_learning_rate=None,
+            virtual_lr=None, entropy_weight=None` runs the authors' algorithm exactly.
+            With `generator_init="classifier_head"` the classifier's last layer must be a
+            linear Dense layer on the features.
         jit_compile: bool or `"auto"`, passed to `compile` in both stages. Defaults to
             `"auto"`.
         seed: optional int. When set, each trial's classifier starts from the same weights,
@@ -122,12 +118,8 @@ class MetaLabelNetHyperModel(kt.HyperModel):
         virtual_lr=DEFAULT_SEARCH_SPACE["virtual_lr"],
         warmup_epochs=DEFAULT_SEARCH_SPACE["warmup_epochs"],
         entropy_weight=DEFAULT_SEARCH_SPACE["entropy_weight"],
-        virtual_scope=RECOMMENDED_OPTIONS["virtual_scope"],
-        label_input=RECOMMENDED_OPTIONS["label_input"],
-        generator_init=RECOMMENDED_OPTIONS["generator_init"],
-        label_trust=RECOMMENDED_OPTIONS["label_trust"],
-        loss_scale=RECOMMENDED_OPTIONS["loss_scale"],
-        label_loss=RECOMMENDED_OPTIONS["label_loss"],
+        label_trust=None,
+        options=options_lib.RECOMMENDED,
         jit_compile="auto",
         seed=None,
         name="meta_label_net",
@@ -155,17 +147,24 @@ class MetaLabelNetHyperModel(kt.HyperModel):
         self.classifier_builder = classifier_builder
         self.feature_layer = feature_layer
         self.learning_rate = float(learning_rate)
-        self.generator_learning_rate = _check_range(
+        if not isinstance(options, options_lib.MetaLabelNetOptions):
+            raise TypeError(
+                f"Invalid type for argument `options`. Received: {type(options).__name__}. "
+                "Expected a `mln_tf.options.MetaLabelNetOptions`."
+            )
+        self.options = options
+
+        def dimension(name, value, **bounds):
+            return _check_range(name, getattr(options, name) if value is None else value,
+                                **bounds)  # fmt: skip
+
+        self.generator_learning_rate = dimension(
             "generator_learning_rate", generator_learning_rate, minimum=0.0, exclusive=True
         )
-        self.virtual_lr = _check_range("virtual_lr", virtual_lr, minimum=0.0, exclusive=True)
+        self.virtual_lr = dimension("virtual_lr", virtual_lr, minimum=0.0, exclusive=True)
         self.warmup_epochs = _check_range("warmup_epochs", warmup_epochs, minimum=1, integer=True)
-        self.entropy_weight = _check_range("entropy_weight", entropy_weight, minimum=0.0)
-        self.label_trust = _check_range("label_trust", label_trust, minimum=0.0)
-        self.model_options = dict(
-            virtual_scope=virtual_scope, label_input=label_input, generator_init=generator_init,
-            loss_scale=loss_scale, label_loss=label_loss,
-        )  # fmt: skip
+        self.entropy_weight = dimension("entropy_weight", entropy_weight, minimum=0.0)
+        self.label_trust = dimension("label_trust", label_trust, minimum=0.0)
         self.jit_compile = jit_compile
         self.seed = seed
 
@@ -175,20 +174,14 @@ class MetaLabelNetHyperModel(kt.HyperModel):
         The four training settings are always declared (fixed ones with `hp.Fixed`);
         `label_trust` only when it is searched.
         """
+        options = self.options
         values = {
-            "generator_learning_rate": _declare(
-                hp, "generator_learning_rate", self.generator_learning_rate, default=1e-3
-            ),
-            "virtual_lr": _declare(hp, "virtual_lr", self.virtual_lr, default=1.0),
-            "warmup_epochs": _declare(hp, "warmup_epochs", self.warmup_epochs, default=None),
-            "entropy_weight": _declare(
-                hp, "entropy_weight", self.entropy_weight,
-                default=RECOMMENDED_OPTIONS["entropy_weight"],
-            ),  # fmt: skip
+            name: _declare(hp, name, getattr(self, name), default=getattr(options, name))
+            for name in ("generator_learning_rate", "virtual_lr", "entropy_weight")
         }
+        values["warmup_epochs"] = _declare(hp, "warmup_epochs", self.warmup_epochs, default=None)
         values["label_trust"] = (
-            _declare(hp, "label_trust", self.label_trust,
-                     default=RECOMMENDED_OPTIONS["label_trust"])
+            _declare(hp, "label_trust", self.label_trust, default=options.label_trust)
             if isinstance(self.label_trust, tuple) else self.label_trust
         )  # fmt: skip
         return values
@@ -204,18 +197,15 @@ class MetaLabelNetHyperModel(kt.HyperModel):
                 f"The classifier from `classifier_builder` outputs {classifier.output_shape[-1]} "
                 f"logits, but the hypermodel has num_classes={self.num_classes}."
             )
+        options = self.options.replace(
+            **{name: value for name, value in values.items() if name != "warmup_epochs"}
+        )
         try:
-            model = MetaLabelNet(
-                classifier, feature_layer=self.feature_layer,
-                label_trust=values["label_trust"], **self.model_options,
-            )  # fmt: skip
+            model = MetaLabelNet(classifier, feature_layer=self.feature_layer, options=options)
         except ValueError as error:  # the same for every trial: stop the search
             raise kt.errors.FatalValueError(str(error)) from error
         model.compile(
             optimizer=paper_classifier_optimizer(self.learning_rate),
-            generator_optimizer=paper_generator_optimizer(values["generator_learning_rate"]),
-            virtual_lr=values["virtual_lr"],
-            entropy_weight=values["entropy_weight"],
             jit_compile=self.jit_compile,
         )
         return model
@@ -244,17 +234,18 @@ class MetaLabelNetHyperModel(kt.HyperModel):
         verbose = kwargs.get("verbose", "auto")
         if RESUMED_TRIAL_KEY not in hp.values:
             self.warm_up(model, x, epochs=values["warmup_epochs"], verbose=verbose)
-        kwargs.setdefault("shuffle", False)  # `x` is a dataset, shuffled by `with_meta`
-        return model.fit(
-            x, validation_data=validation_data, epochs=epochs, callbacks=callbacks, **kwargs
-        )
+        first_epoch = kwargs.pop("initial_epoch", 0)
+        return schedule.meta_stage(
+            model, x, first_epoch, epochs, callbacks=callbacks or (),
+            validation_data=validation_data, **kwargs,
+        )  # fmt: skip
 
     def warm_up(self, model, x, *, epochs, verbose="auto"):
-        """Stage 1: trains the classifier with cross-entropy, then re-cuts the extractor
-        and starts the generator from the warmed-up classifier.
+        """Stage 1: trains the classifier with cross-entropy, then starts the meta stage
+        from it (`mln_tf.schedule.start_meta_stage`).
 
         A copy of `model.classifier` is trained, so that the saved MetaLabelNet holds no
-        warm-up optimizer, and its weights are copied back.
+        warm-up optimizer; its weights and optimizer state are copied into the model's.
 
         Args:
             model: the MetaLabelNet from `build(hp)`.
@@ -268,16 +259,9 @@ class MetaLabelNetHyperModel(kt.HyperModel):
         """
         warm = keras.models.clone_model(model.classifier)
         warm.set_weights(model.classifier.get_weights())
-        warm.compile(
-            optimizer=paper_classifier_optimizer(self.learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-            jit_compile=self.jit_compile,
-        )
-        history = warm.fit(_warmup_batches(x), epochs=epochs, shuffle=False, verbose=verbose)
-        model.classifier.set_weights(warm.get_weights())
-        model.refresh_feature_extractor()
-        model.initialize_label_generator()
+        schedule.compile_for_warm_up(warm, self.learning_rate, jit_compile=self.jit_compile)
+        history = schedule.warm_up(warm, _warmup_batches(x), epochs, verbose=verbose)
+        schedule.start_meta_stage(model, warm)
         return history
 
     def _check_training_data(self, x):

@@ -70,7 +70,7 @@ def initial_weights():
 
 def train(
     strategy,
-    virtual_step="all",
+    virtual_batch="global",
     sgd_generator=False,
     synchronized=True,
     data=None,
@@ -103,7 +103,7 @@ def train(
             if sgd_generator
             else keras.optimizers.Adam(1e-2, weight_decay=1e-3),
             virtual_lr=0.5,
-            virtual_step=virtual_step,
+            virtual_batch=virtual_batch,
         )
     dataset = tf.data.Dataset.from_tensor_slices(train_data).take(steps)
     result = {f"initial_{i}": w.numpy() for i, w in enumerate(model.weights)}
@@ -153,7 +153,7 @@ def replicas_main(devices, path, short=False):
     if short:
         save(path, runs)
         return
-    runs["local"] = train(strategy, virtual_step="local", evaluate=False)
+    runs["local"] = train(strategy, virtual_batch="replica", evaluate=False)
     # Forward mode against the reference under the strategy. With synchronised BN,
     # forward mode falls back to the nested tapes; without, it runs on each replica.
     runs["unsynchronized"] = train(strategy, synchronized=False, evaluate=False)
@@ -165,7 +165,7 @@ def replicas_main(devices, path, short=False):
     # With Keras' default unsynchronised BN, one "local" step on N replicas is N one-device
     # steps on the shards: the generator's step is the mean of theirs.
     runs["local_sgd"] = train(
-        strategy, "local", sgd_generator=True, synchronized=False, steps=1, evaluate=False
+        strategy, "replica", sgd_generator=True, synchronized=False, steps=1, evaluate=False
     )
     ((x, y), (x_meta, y_meta)), evaluation = batches()
     for index in range(devices):

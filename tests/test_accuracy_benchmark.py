@@ -12,7 +12,7 @@ spec = importlib.util.spec_from_file_location("accuracy_benchmark", PATH)
 accuracy = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(accuracy)
 
-TINY = ["dataset=digits", "meta_size=100", "stage1=1", "stage2=2", "batch_size=32"]
+TINY = ["dataset=digits", "meta_size=100", "warmup_epochs=1", "meta_epochs=1", "batch_size=32"]
 
 
 def test_grid_tabulates_the_runs_it_made(tmp_path, monkeypatch):
@@ -48,7 +48,8 @@ def test_grid_tabulates_the_runs_it_made(tmp_path, monkeypatch):
 def test_grid_arguments_are_checked():
     assert accuracy.parse_setting("pair:0.45") == ("pair", 0.45)
     assert accuracy.parse_override("virtual_lr=0.5") == ("virtual_lr", 0.5)
-    assert accuracy.parse_override("stage2=8") == ("stage2", 8)
+    assert accuracy.parse_override("meta_epochs=8") == ("meta_epochs", 8)
+    assert accuracy.parse_override("label_trust=10") == ("label_trust", 10.0)
     with pytest.raises(accuracy.argparse.ArgumentTypeError, match="Expected NOISE:RATE"):
         accuracy.parse_setting("symmetric")
     with pytest.raises(accuracy.argparse.ArgumentTypeError, match="with a field of TrainConfig"):
@@ -65,7 +66,7 @@ def test_grid_with_a_preset_and_one_clean_reference_per_seed(tmp_path, monkeypat
         json.loads((out / f"{cell}_seed0" / "config.json").read_text())
         for cell in ("symmetric_0.4", "pair_0.45")
     )
-    assert (first["preset"], first["label_input"], first["loss_scale"]) == (
+    assert (first["preset"], first["options"]["label_input"], first["options"]["loss_scale"]) == (
         "paper", False, "mean")  # fmt: skip
     assert (first["clean_reference"], second["clean_reference"]) == (True, False)
     runs = json.loads((out / "accuracy.json").read_text())["runs"]
@@ -91,7 +92,7 @@ def test_an_ablation_takes_the_baseline_from_an_earlier_grid(tmp_path, monkeypat
                    "--out", str(ablation)])  # fmt: skip
 
     cell = ablation / "symmetric_0.4_seed0"
-    assert json.loads((cell / "config.json").read_text())["entropy_weight"] == 0.5
+    assert json.loads((cell / "config.json").read_text())["options"]["entropy_weight"] == 0.5
     assert json.loads((cell / "stages" / "cross_entropy" / "state.json").read_text()) == state
     runs = json.loads((ablation / "accuracy.json").read_text())["runs"]["symmetric:0.4"]
     assert runs["cross_entropy"] == [0.125]
@@ -106,8 +107,8 @@ def test_an_ablation_refuses_a_baseline_trained_otherwise(tmp_path, monkeypatch)
         accuracy.main([*common, "--set", *TINY, "--baselines-from", str(base),
                        "--out", str(tmp_path / "a")])  # fmt: skip
     accuracy.main([*common, "--set", *TINY, "--out", str(base)])
-    with pytest.raises(ValueError, match=r"differ in: stage2\)\. Leave out --baselines-from"):
-        accuracy.main([*common, "--set", *TINY[:-2], "stage2=3", "batch_size=32",
+    with pytest.raises(ValueError, match=r"differ in: meta_epochs\)\. Leave out --baselines-from"):
+        accuracy.main([*common, "--set", *TINY[:-2], "meta_epochs=2", "batch_size=32",
                        "--baselines-from", str(base), "--out", str(tmp_path / "b")])  # fmt: skip
     assert not (tmp_path / "b" / "symmetric_0.4_seed0" / "stages").exists()
 
@@ -116,9 +117,9 @@ def test_last_epoch_tabulates_exactly_what_a_shorter_run_gives(tmp_path, monkeyp
     monkeypatch.setenv("MLN_TF_CACHE_DIR", str(tmp_path / "cache"))
     common = ["--settings", "symmetric:0.4", "--seeds", "0", "--set", *TINY[:-2]]
     longer, shorter = tmp_path / "longer", tmp_path / "shorter"
-    accuracy.main([*common, "stage2=3", "batch_size=32", "--out", str(longer)])
-    accuracy.main([*common, "stage2=2", "batch_size=32", "--out", str(shorter)])
-    accuracy.main([*common, "stage2=3", "batch_size=32", "--last-epoch", "2",
+    accuracy.main([*common, "meta_epochs=2", "batch_size=32", "--out", str(longer)])
+    accuracy.main([*common, "meta_epochs=1", "batch_size=32", "--out", str(shorter)])
+    accuracy.main([*common, "meta_epochs=2", "batch_size=32", "--last-epoch", "2",
                    "--out", str(longer)])  # fmt: skip
 
     truncated = json.loads((longer / "accuracy_up_to_epoch2.json").read_text())["runs"]
@@ -128,6 +129,6 @@ def test_last_epoch_tabulates_exactly_what_a_shorter_run_gives(tmp_path, monkeyp
     # The grid's own table is left as it was.
     full = json.loads((longer / "accuracy.json").read_text())
     assert "--last-epoch" not in full["command"]
-    with pytest.raises(ValueError, match=r"--last-epoch 1 is not an epoch of stage 2.*epochs 2–3"):
-        accuracy.main([*common, "stage2=3", "batch_size=32", "--last-epoch", "1",
+    with pytest.raises(ValueError, match=r"--last-epoch 1 is not an epoch of the meta stage.*2–3"):
+        accuracy.main([*common, "meta_epochs=2", "batch_size=32", "--last-epoch", "1",
                        "--out", str(longer)])  # fmt: skip

@@ -268,15 +268,25 @@ def test_classifier_created_outside_the_scope_is_rejected():
             mln_tf.MetaLabelNet(classifier, feature_layer="features")
 
 
-def test_virtual_step_is_checked_and_kept_in_the_config():
+def test_virtual_batch_is_checked_and_kept_in_the_config():
     model = mln_tf.MetaLabelNet(small_classifier(), feature_layer="features")
-    with pytest.raises(ValueError, match="Received: virtual_step='global'. Expected \"all\""):
-        model.compile(virtual_step="global")
-    with pytest.raises(ValueError, match="Invalid value for argument `virtual_step`"):
-        mln_tf.MetaLabelNet(small_classifier(), virtual_step=None)
-    model.compile(virtual_step="local")
+    with pytest.raises(ValueError, match="Received: virtual_batch='all'. Expected one of 'global'"):
+        model.compile(virtual_batch="all")
+    with pytest.raises(ValueError, match="Invalid value for argument `virtual_batch`"):
+        mln_tf.MetaLabelNet(small_classifier(), virtual_batch=None)
+    model.compile(virtual_batch="replica")
     restored = mln_tf.MetaLabelNet.from_config(model.get_config())
-    assert (model.virtual_step, restored.virtual_step) == ("local", "local")
+    assert (model.virtual_batch, restored.virtual_batch) == ("replica", "replica")
+
+
+def test_the_old_virtual_step_name_still_works_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="`virtual_step='local'` is deprecated; use "
+                      "`virtual_batch='replica'`"):  # fmt: skip
+        model = mln_tf.MetaLabelNet(small_classifier(), virtual_step="local")
+    assert model.virtual_batch == "replica"
+    with pytest.warns(DeprecationWarning, match="use `virtual_batch='global'`"):
+        model.compile(virtual_step="all")
+    assert model.virtual_batch == "global"
 
 
 # build_strategy

@@ -192,11 +192,14 @@ def test_a_label_aware_generator_needs_the_labels_to_predict():
 def test_paper_preset_is_the_authors_algorithm_and_the_defaults_are_the_projects():
     paper = train.TrainConfig.from_preset("paper", noise="symmetric", rate=0.8)
     assert (paper.noise, paper.rate, paper.preset) == ("symmetric", 0.8, "paper")
-    assert (paper.label_input, paper.generator_init, paper.loss_scale, paper.label_loss) == (
-        False, "random", "mean", "reverse_kl")  # fmt: skip
-    assert (paper.virtual_scope, paper.entropy_weight, paper.virtual_lr) == ("all", 1.0, 1.0)
-    assert train.TrainConfig.from_preset("cifar10").label_loss == "reverse_kl"
-    default = train.TrainConfig()
+    options = paper.options
+    assert (options.label_input, options.generator_init, options.loss_scale,
+            options.label_loss) == (False, "random", "mean", "reverse_kl")  # fmt: skip
+    assert (options.virtual_scope, options.entropy_weight, options.virtual_lr) == (
+        "all", 1.0, 1.0)  # fmt: skip
+    assert options == mln_tf.options.MetaLabelNetOptions()
+    assert train.TrainConfig.from_preset("cifar10").options.label_loss == "reverse_kl"
+    default = train.TrainConfig().options
     assert (default.label_input, default.generator_init, default.loss_scale) == (
         True, "classifier_head", "sum_over_classes")  # fmt: skip
     # Only stage 2 differs: the paper preset and the defaults share one cached warm-up.

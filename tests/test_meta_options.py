@@ -50,19 +50,19 @@ def examples(seed, size=32, num_inputs=4):
         (
             {"meta_gradient": "double_backward"},
             "Invalid value for argument `meta_gradient`. Received: "
-            "meta_gradient='double_backward'. Expected \"nested_tapes\"",
+            "meta_gradient='double_backward'. Expected one of 'nested_tapes', 'forward_mode'",
         ),
         (
             {"virtual_scope": "last"},
             "Invalid value for argument `virtual_scope`. Received: virtual_scope='last'. "
-            'Expected "all"',
+            "Expected one of 'all', 'head'",
         ),
         (
             {"head_layers": 4},
             "Invalid value for argument `head_layers`. Received: head_layers=4. Expected an "
-            "integer from 1 to 3.*\\(dense, bn, logits\\)",
+            "integer from 1 to 3.*\\(the last: dense, bn, logits\\)",
         ),
-        ({"head_layers": 0}, "Received: head_layers=0"),
+        ({"head_layers": 0}, "Received: head_layers=0. Expected a positive integer"),
     ],
 )
 def test_constructor_rejects_invalid_options(kwargs, message):

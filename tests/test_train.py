@@ -23,7 +23,7 @@ from mln_tf.train import PRESETS, TrainConfig
 DIGITS = ["--dataset", "digits", "--noise", "pair", "--rate", "0.45", "--meta-size", "100",
           "--batch-size", "32", "--deterministic"]  # fmt: skip
 # Learning rate 0.05 for epochs 1-2, then 0.02: checks the schedule on the way.
-FULL = [*DIGITS, "--stage1", "1", "--stage2", "4", "--learning-rate", "0.05", "0.02",
+FULL = [*DIGITS, "--warmup-epochs", "1", "--meta-epochs", "3", "--learning-rate", "0.05", "0.02",
         "--lr-boundaries", "2", "--baselines", "--with-clean-reference"]  # fmt: skip
 METHODS = {"cross_entropy", "meta_label_net", "symmetric_cross_entropy",
            "generalized_cross_entropy", "soft_bootstrapping", "forward_correction",
@@ -61,7 +61,7 @@ def _history(out):
 def test_main_job_writes_its_files_and_reports_real_accuracies(finished_run):
     out = finished_run
     config = json.loads((out / "config.json").read_text())
-    assert config["dataset"] == "digits" and config["rate"] == 0.45 and config["stage2"] == 4
+    assert config["dataset"] == "digits" and config["rate"] == 0.45 and config["meta_epochs"] == 3
     results = _results(out)
     assert set(results["methods"]) == METHODS
     assert results["model_selection"] == "best accuracy on the clean meta set"
@@ -97,8 +97,9 @@ def test_main_job_writes_its_files_and_reports_real_accuracies(finished_run):
     assert "| cross-entropy on the true labels (reference) |" in report
     assert "the epoch with the best accuracy on the clean meta set" in report
     assert (
-        "MetaLabelNet: the generator reads the given label (initial trust 5), starts from the "
-        "warm-up's last layer and learns at β = 0.001" in report
+        "MetaLabelNet: the authors' algorithm, except entropy_weight=0.0, virtual_scope='head', "
+        "label_input=True, label_trust=5.0, generator_init='classifier_head', "
+        "loss_scale='sum_over_classes', label_loss='cross_entropy'." in report
     )
 
 
@@ -146,7 +147,7 @@ def test_confusion_matrix_counts_the_selected_epoch(finished_run):
 def test_warm_up_is_cached_and_shared(finished_run, tmp_path, cache_dir):
     # Stage 2 longer: the warm-up's settings are the same, so it comes from the cache.
     out = tmp_path / "longer"
-    main(["train", *DIGITS, "--stage1", "1", "--stage2", "2", "--learning-rate", "0.05",
+    main(["train", *DIGITS, "--warmup-epochs", "1", "--meta-epochs", "1", "--learning-rate", "0.05",
           "0.02", "--lr-boundaries", "2", "--out", str(out)])  # fmt: skip
     results = _results(out)
     assert results["warm_up"]["cached"] is True
@@ -189,45 +190,71 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(finished_run, tmp_path
 
 def test_a_run_directory_keeps_its_settings(finished_run, capsys):
     with pytest.raises(SystemExit):
-        main(["train", *DIGITS, "--stage1", "1", "--stage2", "4", "--out", str(finished_run)])
+        main(["train", *DIGITS, "--warmup-epochs", "1", "--meta-epochs", "3", "--out",
+              str(finished_run)])
     message = capsys.readouterr().err
     assert "holds a run with other settings (they differ in: baselines, clean_reference" in message
 
 
 def test_presets_hold_the_papers_hyper_parameters():
     config = config_from_args(build_parser().parse_args(["train", "--preset", "cifar10"]))
-    assert (config.architecture, config.batch_size, config.stage1, config.stage2) == (
+    assert (config.architecture, config.batch_size, config.warmup_epochs, config.last_epoch) == (
         "cifar10_cnn", 128, 44, 120
     )  # fmt: skip
+    assert (config.dataset, config.label_set, config.noise) == ("cifar10_n", "worse", "human")
     assert [config.learning_rate(epoch) for epoch in (0, 39, 40, 79, 80, 119)] == [
         1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 1e-4
     ]  # fmt: skip
-    assert (config.generator_learning_rate, config.meta_size) == (1e-2, 5000)
-    clothing = TrainConfig.from_preset("clothing1m", dataset="digits", noise="symmetric")
-    assert (clothing.architecture, clothing.batch_size, clothing.stage1, clothing.stage2) == (
-        "resnet50", 32, 1, 10
+    assert (config.options.generator_learning_rate, config.meta_size) == (1e-2, 5000)
+    assert config.options.replace(generator_learning_rate=1e-3) == mln_tf.options.PAPER
+    assert set(PRESETS) == {"paper", "cifar10"}
+    digits = TrainConfig.from_preset("cifar10", dataset="digits", noise="symmetric",
+                                     label_set=None)  # fmt: skip
+    assert (digits.meta_size, digits.options.virtual_lr) == (5000, 1.0)
+
+
+def test_the_old_stage_flags_still_work_with_a_note(capsys):
+    args = build_parser().parse_args(["train", "--stage1", "2", "--stage2", "7"])
+    config = config_from_args(args)
+    assert (config.warmup_epochs, config.meta_epochs) == (2, 5)
+    assert "--stage1 is deprecated: use --warmup-epochs and --meta-epochs" in (
+        capsys.readouterr().err
+    )
+    assert config_from_args(build_parser().parse_args(["train", "--epochs", "4"])).meta_epochs == 1
+    with pytest.warns(DeprecationWarning, match="use `warmup_epochs`"):
+        assert TrainConfig.from_settings(stage1=1, stage2=3).meta_epochs == 2
+
+
+def test_options_reach_the_config_by_name_and_flag():
+    args = build_parser().parse_args(
+        ["train", "--label-trust", "10", "--no-label-input", "--virtual-scope", "all",
+         "--generator-lr", "0.01"]
     )  # fmt: skip
-    assert [clothing.learning_rate(epoch) for epoch in (4, 5, 9)] == [1e-3, 1e-4, 1e-4]
-    assert set(PRESETS) == {"paper", "cifar10", "clothing1m", "food101n", "webvision"}
-    food = TrainConfig.from_preset("food101n", dataset="digits", noise="symmetric")
-    assert food.meta_size == 10000
+    options = config_from_args(args).options
+    assert (options.label_trust, options.label_input, options.virtual_scope) == (10.0, False, "all")
+    assert options.generator_learning_rate == 0.01
+    assert options.label_loss == mln_tf.options.RECOMMENDED.label_loss  # unset: the default
+    with pytest.raises(TypeError, match="Unknown setting\\(s\\): label_truth"):
+        TrainConfig.from_settings(label_truth=3.0)
 
 
 @pytest.mark.parametrize(
     "options, message",
     [
-        (["--dataset", "mnist"], "Received: dataset='mnist'. Expected one of 'fashion_mnist'"),
-        (["--preset", "webvision"], "'webvision' has the paper's hyper-parameters as a preset, "
-                                    "but mln_tf has no loader for it yet"),  # fmt: skip
+        (["--dataset", "digits", "--label-set", "aggre"], "'digits' has synthetic noise"),
+        (["--dataset", "cifar10_n", "--label-set", "best"],
+         "Received: label_set='best'. Expected one of cifar10_n's"),
         (["--dataset", "digits", "--noise", "gaussian"], "gaussian"),
         (["--dataset", "digits", "--rate", "1.0"], "Received: rate=1.0"),
         (["--dataset", "digits", "--rate", "-0.1"], "Received: rate=-0.1"),
         (["--dataset", "digits", "--meta-size", "5"], "at least the number of classes, 10"),
         (["--dataset", "digits", "--meta-size", "5000"], "Expected at most the size of the clean"),
-        (["--stage1", "3", "--stage2", "3"], "Received: stage1=3, stage2=3"),
-        (["--epochs", "5", "--stage2", "6"], "--epochs 5 and --stage2 6 disagree"),
+        (["--warmup-epochs", "-1"], "Received: warmup_epochs=-1. Expected an integer of at"),
+        (["--meta-epochs", "0"], "Received: meta_epochs=0. Expected an integer of at least 1"),
+        (["--stage1", "3", "--stage2", "3"], "Received: 3, with 3 warm-up epochs"),
+        (["--epochs", "5", "--stage2", "6"], "epochs=5 and stage2=6 disagree"),
+        (["--label-trust", "-1"], "Received: label_trust=-1.0. Expected a non-negative float"),
         (["--learning-rate", "0.1", "0.01"], "Expected increasing boundaries and one more rate"),
-        (["--architecture", "vgg"], "Received: architecture='vgg'"),
     ],
 )
 def test_command_line_errors_name_the_problem(options, message, tmp_path, capsys):
@@ -279,8 +306,8 @@ def test_main_job_trains_under_a_mirrored_strategy(tmp_path):
     out = tmp_path / "mirrored"
     # A fresh process: the CPU can be split into logical devices only before TF starts.
     completed = subprocess.run(
-        [sys.executable, "-m", "mln_tf", "train", *DIGITS, "--stage1", "1", "--stage2", "2",
-         "--strategy", "mirrored", "--devices", "2", "--out", str(out)],
+        [sys.executable, "-m", "mln_tf", "train", *DIGITS, "--warmup-epochs", "1",
+         "--meta-epochs", "1", "--strategy", "mirrored", "--devices", "2", "--out", str(out)],
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "MLN_TF_CACHE_DIR": str(tmp_path / "cache")},
     )  # fmt: skip
@@ -301,4 +328,8 @@ def test_train_config_docstring_states_the_real_defaults():
         assert entry, f"TrainConfig's docstring does not describe {field.name!r}"
         stated = re.search(r"Defaults to `?(.+?)`?(?: \(|\.$|, )", " ".join(entry[1].split()))
         assert stated, f"TrainConfig's docstring gives no default for {field.name!r}"
+        if field.name == "options":  # not a literal
+            assert stated[1] == "mln_tf.options.RECOMMENDED"
+            assert field.default is mln_tf.options.RECOMMENDED
+            continue
         assert ast.literal_eval(stated[1]) == field.default, field.name

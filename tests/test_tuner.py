@@ -7,7 +7,6 @@ import pytest
 from keras import layers
 
 import mln_tf
-from mln_tf.train import PAPER_ALGORITHM
 from mln_tf.tuner import MetaLabelNetHyperModel
 
 OBJECTIVE = kt.Objective("val_accuracy", "max")
@@ -239,9 +238,13 @@ def test_warm_up_starts_the_generator_from_the_warmed_up_head(digits):
     np.testing.assert_allclose(soft, expected, atol=1e-5)
 
 
-def test_the_authors_algorithm_is_one_keyword_dict_away():
+def test_the_authors_algorithm_is_their_options_with_the_dimensions_fixed():
     hp = kt.HyperParameters()
-    built = hypermodel(_FakeData(), **PAPER_ALGORITHM).build(hp)
+    built = hypermodel(
+        _FakeData(), options=mln_tf.options.PAPER, generator_learning_rate=None,
+        virtual_lr=None, entropy_weight=None,
+    ).build(hp)  # fmt: skip
+    assert built.options == mln_tf.options.PAPER
     assert (built.label_input, built.generator_init, built.loss_scale, built.label_loss) == (
         False, "random", "mean", "reverse_kl")  # fmt: skip
     assert (built.virtual_scope, built.entropy_weight) == ("all", 1.0)
@@ -257,6 +260,7 @@ def test_a_head_the_generator_cannot_start_from_is_a_fatal_error():
     builder = MetaLabelNetHyperModel(10, (8, 8, 1), classifier_builder=softmax_classifier)
     with pytest.raises(kt.errors.FatalValueError, match="Use generator_init='random'"):
         builder.build(kt.HyperParameters())
+    options = mln_tf.options.RECOMMENDED.replace(generator_init="random")
     built = MetaLabelNetHyperModel(10, (8, 8, 1), classifier_builder=softmax_classifier,
-                                   generator_init="random").build(kt.HyperParameters())  # fmt: skip
+                                   options=options).build(kt.HyperParameters())  # fmt: skip
     assert built.generator_init == "random"

@@ -1,0 +1,200 @@
+"""The virtual step and the meta-gradient, in two exact strategies (`docs/algorithm.md`).
+
+Both strategies share `virtual_step`: the classifier's forward pass on the noisy batch
+under a persistent tape, its inner gradient, and the fast weights θ̂ = θ − α·g. They differ
+in how the derivative of the meta loss L_m(θ̂) reaches the generator's weights φ:
+
+- `nested_tapes`, the reference: the soft labels, the virtual step and the meta loss are
+  recorded on an outer tape, which differentiates through the inner gradient (reverse mode
+  twice).
+- `forward_mode`: v = ∇_θ̂ L_m, then one Jacobian-vector product J_p v of the classifier's
+  probabilities at θ gives ∂L_m/∂ŷ in closed form, which the generator's backward pass
+  carries to φ.
+
+Each returns a `MetaStep`: the noisy pass (which the classifier's own update reuses), the
+soft labels, the meta loss and the generator's gradients.
+"""
+
+import dataclasses
+
+import tensorflow as tf
+
+from mln_tf import distribute, losses
+
+
+@dataclasses.dataclass
+class VirtualStep:
+    """The noisy batch's forward pass at θ and the fast weights θ̂ it gives.
+
+    Attributes:
+        logits: the classifier's float32 logits on the noisy batch at θ.
+        new_state: the classifier's non-trainable variables after that pass.
+        tape: the persistent `tf.GradientTape` that recorded the pass; the classifier's
+            update takes its gradient through it.
+        label_loss: L_c(θ; ŷ), the inner loss.
+        fast_weights: θ̂, a list of tensors in the order of the trainable variables.
+    """
+
+    logits: tf.Tensor
+    new_state: list
+    tape: tf.GradientTape
+    label_loss: tf.Tensor
+    fast_weights: list
+
+
+@dataclasses.dataclass
+class MetaStep:
+    """What a meta-gradient strategy returns: steps 1 to 4 of the algorithm."""
+
+    virtual_step: VirtualStep
+    soft_labels: tf.Tensor
+    meta_loss: tf.Tensor
+    generator_grads: list
+
+
+def classifier_logits(classifier, weights, state, images):
+    """The classifier's logits at `weights`, in float32, and its new state."""
+    logits, new_state = classifier.stateless_call(weights, state, images, training=True)
+    # A mixed-precision classifier's logits; the losses are computed in float32.
+    if logits.dtype in (tf.float16, tf.bfloat16):
+        logits = tf.cast(logits, "float32")
+    return logits, new_state
+
+
+def virtual_step(classifier, theta, state, images, inner_loss, virtual_indices, virtual_lr,
+                 global_batch):  # fmt: skip
+    """θ̂ = θ − α·∇_θ L_c on the variables at `virtual_indices`, θ elsewhere.
+
+    Called under an outer tape, θ̂ stays differentiable through `inner_loss`'s inputs.
+
+    Args:
+        classifier: the `keras.Model`.
+        theta: list of the trainable variables' values.
+        state: list of the non-trainable variables' values.
+        images: the noisy batch.
+        inner_loss: callable `logits -> scalar`, L_c.
+        virtual_indices: indices into `theta` that the virtual step moves.
+        virtual_lr: float, α.
+        global_batch: bool, whether to take the global batch's gradient across replicas.
+
+    Returns:
+        A `VirtualStep`.
+    """
+    virtual_theta = [theta[index] for index in virtual_indices]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(theta)
+        logits, new_state = classifier_logits(classifier, theta, state, images)
+        label_loss = inner_loss(logits)
+        virtual_loss = label_loss
+        if global_batch:
+            # This replica's share of the global-batch mean, as Keras scales losses
+            virtual_loss = distribute.scale_for_replicas(label_loss)
+    grads = tape.gradient(virtual_loss, virtual_theta)
+    if global_batch:
+        # The global batch's gradient. The gradient of this all-reduce is the all-reduce of
+        # the incoming gradient: φ's gradient gathers every replica's meta loss.
+        grads = tf.distribute.get_replica_context().all_reduce("sum", grads)
+    fast_weights = list(theta)
+    for index, grad in zip(virtual_indices, grads):
+        fast_weights[index] = theta[index] - virtual_lr * grad
+    return VirtualStep(logits, new_state, tape, label_loss, fast_weights)
+
+
+def meta_loss(model, fast_weights, state, x_meta, y_meta):
+    """The meta loss at θ̂, and its share scaled for the replicas and the generator's
+    optimizer (loss scaling)."""
+    meta_logits, _ = classifier_logits(model.classifier, fast_weights, state, x_meta)
+    loss = losses.meta_loss(y_meta, meta_logits)
+    scaled = model.generator_optimizer.scale_loss(distribute.scale_for_replicas(loss))
+    return loss, scaled
+
+
+def nested_tapes(model, generator_inputs, batch, theta, state, virtual_indices, global_batch):
+    """The reference meta-gradient: reverse mode through the inner gradient.
+
+    Args:
+        model: the `MetaLabelNet`.
+        generator_inputs: the label generator's input for the noisy batch.
+        batch: the `TrainingBatch`.
+        theta, state: the classifier's trainable and non-trainable values.
+        virtual_indices: indices into `theta` that the virtual step moves.
+        global_batch: bool, whether the virtual step takes the global batch's gradient.
+
+    Returns:
+        A `MetaStep`.
+    """
+    with tf.GradientTape() as meta_tape:
+        soft_labels = model.label_generator(generator_inputs, training=True)
+        step = virtual_step(
+            model.classifier, theta, state, batch.x,
+            lambda logits: model.soft_label_loss(logits, soft_labels),
+            virtual_indices, model.virtual_lr, global_batch,
+        )  # fmt: skip
+        # Meta loss on the clean batch; the virtual pass's BN updates are discarded
+        loss, scaled = meta_loss(model, step.fast_weights, step.new_state, batch.x_meta,
+                                 batch.y_meta)  # fmt: skip
+    generator_grads = meta_tape.gradient(scaled, model.label_generator.trainable_variables)
+    return MetaStep(step, soft_labels, loss, generator_grads)
+
+
+def forward_mode(model, generator_inputs, batch, theta, state, virtual_indices, global_batch):
+    """The meta-gradient through one Jacobian-vector product; arguments as `nested_tapes`.
+
+    ∂L_m/∂ŷ = α·(J_p v)/((ŷ + ε)·B·C) for the reverse KL, α·(J_log p v)/(B·C) for
+    cross-entropy; B instead of B·C summed over classes; over N for a replica's share.
+    """
+    with tf.GradientTape() as generator_tape:
+        soft_labels = model.label_generator(generator_inputs, training=True)
+    # Virtual step, first order only: φ's gradient comes from the product below
+    step = virtual_step(
+        model.classifier, theta, state, batch.x,
+        lambda logits: model.soft_label_loss(logits, tf.stop_gradient(soft_labels)),
+        virtual_indices, model.virtual_lr, global_batch,
+    )  # fmt: skip
+    # Meta loss on the clean batch and v = ∇_θ̂ L_m; the virtual BN updates are discarded
+    virtual_fast_weights = [step.fast_weights[index] for index in virtual_indices]
+    with tf.GradientTape() as fast_tape:
+        fast_tape.watch(virtual_fast_weights)
+        loss, scaled = meta_loss(model, step.fast_weights, step.new_state, batch.x_meta,
+                                 batch.y_meta)  # fmt: skip
+    meta_grads = fast_tape.gradient(scaled, virtual_fast_weights)
+    if global_batch:
+        # θ̂ is shared by the replicas: the meta loss of every replica moves it.
+        meta_grads = tf.distribute.get_replica_context().all_reduce("sum", meta_grads)
+    # J_p v at θ on the noisy batch: the same forward as above (same state, same dropout
+    # masks), which XLA and grappler merge with it; only the tangents are new.
+    virtual_theta = [theta[index] for index in virtual_indices]
+    with tf.autodiff.ForwardAccumulator(virtual_theta, meta_grads) as accumulator:
+        jvp_theta = list(theta)
+        for position, index in enumerate(virtual_indices):
+            jvp_theta[index] = virtual_theta[position]
+        jvp_logits, _ = classifier_logits(model.classifier, jvp_theta, state, batch.x)
+    tangent_logits = accumulator.jvp(jvp_logits, unconnected_gradients="zero")
+    probs = tf.nn.softmax(step.logits, axis=-1)
+    tangent_log_probs = tangent_logits - tf.reduce_sum(
+        probs * tangent_logits, axis=-1, keepdims=True
+    )
+    size = tf.cast(tf.size(probs), probs.dtype)
+    if model.loss_scale == "sum_over_classes":
+        size = tf.cast(tf.shape(probs)[0], probs.dtype)
+    if global_batch:
+        size = size * distribute.num_replicas()
+    if model.label_loss == "cross_entropy":
+        soft_label_grads = model.virtual_lr * tangent_log_probs / size
+    else:
+        soft_labels_in_loss = tf.cast(soft_labels, probs.dtype)
+        soft_label_grads = (
+            model.virtual_lr
+            * probs
+            * tangent_log_probs
+            / ((soft_labels_in_loss + losses.LOG_EPSILON) * size)
+        )
+    generator_grads = generator_tape.gradient(
+        soft_labels,
+        model.label_generator.trainable_variables,
+        output_gradients=tf.cast(soft_label_grads, soft_labels.dtype),
+    )
+    return MetaStep(step, soft_labels, loss, generator_grads)
+
+
+STRATEGIES = {"nested_tapes": nested_tapes, "forward_mode": forward_mode}

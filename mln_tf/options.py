@@ -1,0 +1,279 @@
+"""MetaLabelNet's options: one definition that the model, the main job, the command line, the
+Keras Tuner hypermodel and the report all read.
+
+`MetaLabelNetOptions` is a frozen dataclass. Its class defaults, `PAPER`, are the authors'
+algorithm; `RECOMMENDED`, the main job's and the tuner's defaults, turns on the options
+that measured better (`docs/accuracy.md`). `docs/algorithm.md` gives each option's formula.
+
+Which settings `compile` takes: those that only shape the training step (the `COMPILE`
+group). The others shape the label generator, which `MetaLabelNet.__init__` builds, so
+only the constructor takes them. `generator_learning_rate` sets the default generator
+optimizer; an explicit `generator_optimizer=` replaces it.
+
+Adding an option means adding a field here (with its `help`, its `choices` or its check)
+and its test; the command line, `TrainConfig`, the tuner, the report and the README table
+(`markdown_table()`) follow.
+
+Example:
+
+>>> RECOMMENDED.label_loss, PAPER.label_loss
+('cross_entropy', 'reverse_kl')
+>>> dataclasses.replace(RECOMMENDED, label_trust=10.0).label_trust
+10.0
+"""
+
+import dataclasses
+import math
+import warnings
+
+# Field groups: "compile" may be set in `MetaLabelNet.compile`; "generator" only in
+# `MetaLabelNet.__init__`; "optimizer" sets the default generator optimizer.
+COMPILE = "compile"
+GENERATOR = "generator"
+OPTIMIZER = "optimizer"
+
+# The names an earlier release used, with their value translations.
+DEPRECATED_NAMES = {"virtual_step": ("virtual_batch", {"all": "global", "local": "replica"})}
+
+
+def _option(default, help, group, choices=None, check=None, flag=None):
+    metadata = dict(help=help, group=group, choices=choices, check=check, flag=flag)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _positive(name, value):
+    if not _is_number(value) or not value > 0 or math.isinf(value):
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Received: {name}={value!r}. "
+            "Expected a positive float."
+        )
+    return float(value)
+
+
+def _non_negative(name, value):
+    if not _is_number(value) or not value >= 0 or math.isinf(value):
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Received: {name}={value!r}. "
+            "Expected a non-negative float."
+        )
+    return float(value)
+
+
+def _positive_integer(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Received: {name}={value!r}. "
+            "Expected a positive integer."
+        )
+    return value
+
+
+def _boolean(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Received: {name}={value!r}. "
+            "Expected True or False."
+        )
+    return value
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaLabelNetOptions:
+    """The settings of MetaLabelNet's method; the class defaults are the authors' algorithm.
+
+    Attributes:
+        virtual_lr: float, α, the virtual step's size. Defaults to 1.0, as in the authors'
+            final code.
+        entropy_weight: float, w, the weight of the entropy loss L_e in the classifier's
+            update. Defaults to 1.0.
+        generator_learning_rate: float, β, the learning rate of the default generator
+            optimizer. Defaults to 1e-3 (the authors use 1e-2 on CIFAR-10).
+        virtual_scope: `"all"` (the exact meta-gradient) or `"head"` (the virtual step moves
+            only the last `head_layers` layers with weights, a cheaper approximation).
+            Defaults to `"all"`.
+        head_layers: int, how many trailing layers with weights `virtual_scope="head"`
+            moves; nested models count their own layers. Defaults to 1.
+        meta_gradient: `"nested_tapes"` (reverse mode through the inner gradient, the
+            reference) or `"forward_mode"` (one Jacobian-vector product); both are exact.
+            Defaults to `"nested_tapes"`.
+        virtual_batch: `"global"` or `"replica"`, the batch of the virtual step under a
+            `tf.distribute` strategy: the global batch's all-reduced gradient, or each
+            replica's own shard (an approximation). Defaults to `"global"`.
+        label_input: bool, whether the generator also reads the given label. Defaults to
+            `False`.
+        label_trust: float, κ, the given label's initial logit bonus, V = κ·I (with
+            `label_input` only). Defaults to 0.0.
+        generator_init: `"random"` or `"classifier_head"` (W, b start as the warmed-up
+            classifier's last layer). Defaults to `"random"`.
+        loss_scale: `"mean"` (L_c and L_e averaged over B×C) or `"sum_over_classes"`
+            (summed over classes, averaged over the batch). Defaults to `"mean"`.
+        label_loss: `"reverse_kl"`, KL(p‖ŷ), or `"cross_entropy"`, −Σ ŷ log p. Defaults to
+            `"reverse_kl"`.
+    """
+
+    virtual_lr: float = _option(1.0, "α, the virtual step's size", COMPILE, check=_positive)
+    entropy_weight: float = _option(
+        1.0, "w, the weight of the entropy loss", COMPILE, check=_non_negative
+    )
+    generator_learning_rate: float = _option(
+        1e-3, "β, the label generator's learning rate", OPTIMIZER, check=_positive,
+        flag="--generator-lr",
+    )  # fmt: skip
+    virtual_scope: str = _option(
+        "all", "the weights the virtual step moves: all (exact) or the last layer(s)",
+        COMPILE, choices=("all", "head"),
+    )  # fmt: skip
+    head_layers: int = _option(
+        1, "layers with weights that the 'head' virtual scope moves", COMPILE,
+        check=_positive_integer,
+    )  # fmt: skip
+    meta_gradient: str = _option(
+        "nested_tapes", "how the second-order term is computed (both exact)", COMPILE,
+        choices=("nested_tapes", "forward_mode"),
+    )  # fmt: skip
+    virtual_batch: str = _option(
+        "global", "the virtual step's batch under a tf.distribute strategy", COMPILE,
+        choices=("global", "replica"),
+    )  # fmt: skip
+    label_input: bool = _option(
+        False, "the generator also reads the given label", GENERATOR, check=_boolean
+    )
+    label_trust: float = _option(
+        0.0, "κ, the given label's initial logit bonus (with label_input)", GENERATOR,
+        check=_non_negative,
+    )  # fmt: skip
+    generator_init: str = _option(
+        "random", "the generator's first weights", GENERATOR,
+        choices=("random", "classifier_head"),
+    )  # fmt: skip
+    loss_scale: str = _option(
+        "mean", "the reduction of the soft-label and entropy losses", COMPILE,
+        choices=("mean", "sum_over_classes"),
+    )  # fmt: skip
+    label_loss: str = _option(
+        "reverse_kl", "the classifier's loss on the soft labels", COMPILE,
+        choices=("reverse_kl", "cross_entropy"),
+    )  # fmt: skip
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            choices, check = field.metadata["choices"], field.metadata["check"]
+            if choices is not None and value not in choices:
+                raise ValueError(
+                    f"Invalid value for argument `{field.name}`. Received: "
+                    f"{field.name}={value!r}. Expected one of "
+                    f"{', '.join(repr(choice) for choice in choices)}."
+                )
+            if check is not None:
+                object.__setattr__(self, field.name, check(field.name, value))
+
+    def replace(self, **changes):
+        """A copy with `changes`; names of an earlier release are translated with a warning.
+
+        Raises:
+            TypeError: for a name that is not an option.
+        """
+        changes = translate_deprecated(changes)
+        unknown = sorted(set(changes) - set(NAMES))
+        if unknown:
+            raise TypeError(
+                f"Unknown MetaLabelNet option(s): {', '.join(unknown)}. The options are: "
+                f"{', '.join(NAMES)}."
+            )
+        return dataclasses.replace(self, **changes)
+
+    def changes_from(self, base):
+        """The options whose values differ from `base`'s, as a dict."""
+        return {
+            name: getattr(self, name)
+            for name in NAMES
+            if getattr(self, name) != getattr(base, name)
+        }
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+NAMES = tuple(field.name for field in dataclasses.fields(MetaLabelNetOptions))
+FIELDS = {field.name: field for field in dataclasses.fields(MetaLabelNetOptions)}
+COMPILE_NAMES = tuple(name for name in NAMES if FIELDS[name].metadata["group"] == COMPILE)
+
+PAPER = MetaLabelNetOptions()
+# Measured better than the authors' algorithm under symmetric and pair noise on
+# Fashion-MNIST, and worse under feature-dependent noise (docs/accuracy.md).
+RECOMMENDED = dataclasses.replace(
+    PAPER,
+    entropy_weight=0.0,
+    virtual_scope="head",
+    label_input=True,
+    generator_init="classifier_head",
+    label_trust=5.0,
+    loss_scale="sum_over_classes",
+    label_loss="cross_entropy",
+)
+
+
+def translate_deprecated(settings):
+    """`settings` with the option names of an earlier release renamed, with a warning."""
+    settings = dict(settings)
+    for old, (new, values) in DEPRECATED_NAMES.items():
+        if old in settings:
+            value = settings.pop(old)
+            translated = values.get(value, value)
+            warnings.warn(
+                f"`{old}={value!r}` is deprecated; use `{new}={translated!r}`.",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            settings[new] = translated
+    return settings
+
+
+def split(settings):
+    """Splits a dict of settings into MetaLabelNet options and the rest.
+
+    Returns:
+        `(options, rest)`, two dicts.
+    """
+    settings = translate_deprecated(settings)
+    options = {name: value for name, value in settings.items() if name in FIELDS}
+    rest = {name: value for name, value in settings.items() if name not in FIELDS}
+    return options, rest
+
+
+def add_arguments(parser, defaults=RECOMMENDED):
+    """Adds a command-line flag for each option to an `argparse` parser or group.
+
+    Each flag's destination is the option's name, its default `None` (unset), and its help
+    the option's description with its default in `defaults`.
+    """
+    import argparse
+
+    for name in NAMES:
+        metadata = FIELDS[name].metadata
+        flags = ["--" + name.replace("_", "-")]
+        if metadata["flag"]:
+            flags.append(metadata["flag"])
+        default = getattr(defaults, name)
+        help_text = f"{metadata['help']} (default: {default}; the paper: {getattr(PAPER, name)})"
+        if isinstance(default, bool):
+            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)  # fmt: skip
+        else:
+            parser.add_argument(*flags, dest=name, type=type(default), default=None,
+                                choices=metadata["choices"], help=help_text)  # fmt: skip
+
+
+def markdown_table(columns=(("the paper", PAPER), ("the defaults", RECOMMENDED))):
+    """A Markdown table of every option, with its value in each column's options."""
+    header = "| option | " + " | ".join(title for title, _ in columns) + " | what it does |"
+    lines = [header, "|" + "---|" * (len(columns) + 2)]
+    for name in NAMES:
+        values = " | ".join(f"`{getattr(options, name)!r}`" for _, options in columns)
+        lines.append(f"| `{name}` | {values} | {FIELDS[name].metadata['help']} |")
+    return "\n".join(lines)
