@@ -66,7 +66,7 @@ DEFAULT_VARIANTS = tuple(VARIANTS)
 
 
 def is_legal(variant, jit_compile):
-    """XLA cannot compile max-pooling's second derivative outside float32 (KERAS_NOTES)."""
+    """XLA cannot compile max-pooling's second derivative outside float32."""
     meta_gradient, _, scope, policy, _ = VARIANTS[variant]
     return not (jit_compile and meta_gradient and scope == "all" and policy != "float32")
 
