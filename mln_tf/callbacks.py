@@ -7,7 +7,7 @@ import time
 import keras
 import numpy as np
 
-from mln_tf.meta_label_net import random_state_variables
+from mln_tf.random_state import load_random_states, save_random_states
 
 STATE_FILE = "state.json"
 
@@ -87,14 +87,18 @@ class LabelCorrection(keras.callbacks.Callback):
         logs["label_correction"] = self.fraction_corrected()
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves a resumable checkpoint after every epoch, and restores the last one.
+class EpochCheckpoint(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` that resumes exactly and keeps the epoch logs.
 
-    Like `keras.callbacks.BackupAndRestore`, but it also keeps the random-generator states
-    (dropout) and the epoch logs, so that a resumed run continues exactly where the
-    interrupted one stopped and still knows its whole history. Files of epoch N are
-    written first, then `state.json` is replaced atomically to point at them, so an
-    interruption at any moment leaves the last complete checkpoint readable.
+    Keras' callback restores the weights, the optimizer and the epoch. This one also
+    keeps the random-generator states (dropout), so that a resumed run continues exactly
+    where the interrupted one stopped, and the logs of every epoch, so that it still knows
+    its whole history. Files of epoch N are written first, then `state.json` is replaced
+    atomically to point at them, so an interruption at any moment leaves the last complete
+    checkpoint readable. The checkpoint is kept after training: the training job reads it.
+
+    Call `restore` before `fit` to learn the epoch to resume from; `fit` restores the
+    checkpoint itself too, as `BackupAndRestore` does.
 
     Args:
         directory: str, the checkpoint folder. It is created if needed.
@@ -108,13 +112,15 @@ class EpochCheckpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, directory):
-        super().__init__()
+        super().__init__(backup_dir=directory, delete_checkpoint=False)
         self.directory = directory
+        # Keras reads the epoch to resume from in this file.
+        self._training_metadata_path = os.path.join(directory, STATE_FILE)
         self.history = {}
 
     @property
     def state_path(self):
-        return os.path.join(self.directory, STATE_FILE)
+        return self._training_metadata_path
 
     def read_state(self):
         """Returns the saved `{"epoch": N, "history": {...}}`, or `None` before epoch 1."""
@@ -134,43 +140,57 @@ class EpochCheckpoint(keras.callbacks.Callback):
         Returns:
             `(epoch, history)`: the epoch to resume from and the logs of the epochs before.
         """
+        self.set_model(model)
+        self.history = {}
         state = self.read_state()
         if state is None:
-            self.history = {}
             return initial_epoch, {}
-        model.load_weights(self._weights_path(state["epoch"]))
-        with np.load(self._random_path(state["epoch"])) as saved:
-            for index, variable in enumerate(random_state_variables(model)):
-                variable.assign(saved[f"state_{index}"])
-        self.history = {key: list(values) for key, values in state["history"].items()}
+        self._load_model()
         return state["epoch"], self.history
+
+    def save(self, model, epoch):
+        """Writes the checkpoint of `model` after `epoch` epochs, with the history so far."""
+        self.set_model(model)
+        self._current_epoch = epoch
+        self._save_model()
 
     def on_epoch_end(self, epoch, logs=None):
         self.history.setdefault("epoch", []).append(epoch + 1)
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
-        self.save(self.model, epoch + 1)
+        super().on_epoch_end(epoch, logs)
 
-    def save(self, model, epoch):
-        """Writes the checkpoint of `model` after `epoch` epochs, with the history so far."""
+    def _load_model(self):
+        state = self.read_state()
+        if state is None:
+            return
+        # Keras loads the weights (and optimizer) from `_weights_path`, and the epoch.
+        self._weights_path = self._epoch_weights_path(state["epoch"])
+        super()._load_model()
+        with np.load(self._random_states_path(state["epoch"])) as store:
+            load_random_states(self.model, store)
+        self.history = {key: list(values) for key, values in state["history"].items()}
+
+    def _save_model(self):
+        # Replaces Keras' version, which overwrites one weights file in place: an
+        # interruption while writing it would leave no complete checkpoint.
+        epoch = self._current_epoch
         os.makedirs(self.directory, exist_ok=True)
-        model.save_weights(self._weights_path(epoch))
-        states = {
-            f"state_{index}": variable.numpy()
-            for index, variable in enumerate(random_state_variables(model))
-        }
-        np.savez(self._random_path(epoch), **states)
+        self.model.save_weights(self._epoch_weights_path(epoch))
+        store = {}
+        save_random_states(self.model, store)
+        np.savez(self._random_states_path(epoch), **store)
         temporary = self.state_path + ".tmp"
         with open(temporary, "w") as f:
             json.dump({"epoch": epoch, "history": self.history}, f)
         os.replace(temporary, self.state_path)
         # Only now is the previous checkpoint no longer needed.
-        for path in (self._weights_path(epoch - 1), self._random_path(epoch - 1)):
+        for path in (self._epoch_weights_path(epoch - 1), self._random_states_path(epoch - 1)):
             if os.path.exists(path):
                 os.remove(path)
 
-    def _weights_path(self, epoch):
+    def _epoch_weights_path(self, epoch):
         return os.path.join(self.directory, f"epoch{epoch}.weights.h5")
 
-    def _random_path(self, epoch):
+    def _random_states_path(self, epoch):
         return os.path.join(self.directory, f"epoch{epoch}.random.npz")

@@ -1,5 +1,7 @@
 """The main job's outputs: the history table, the markdown report and the plots."""
 
+import csv
+
 import matplotlib
 import matplotlib.ticker
 
@@ -26,12 +28,13 @@ def write_history(path, warm_up_history, histories):
     """Writes one CSV row per method and epoch, warm-up first, with every logged value."""
     all_histories = {"warm_up": warm_up_history, **histories}
     keys = sorted({key for logs in all_histories.values() for key in logs} - {"epoch"})
-    with open(path, "w") as f:
-        f.write(",".join(["method", "epoch", *keys]) + "\n")
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, ["method", "epoch", *keys], restval="", lineterminator="\n")
+        writer.writeheader()
         for method, logs in all_histories.items():
             for index, epoch in enumerate(logs.get("epoch", [])):
-                values = [f"{logs[key][index]:.6g}" if key in logs else "" for key in keys]
-                f.write(",".join([method, str(epoch), *values]) + "\n")
+                values = {key: f"{logs[key][index]:.6g}" for key in keys if key in logs}
+                writer.writerow({"method": method, "epoch": epoch, **values})
 
 
 def _describe_meta_label_net(config):

@@ -681,10 +681,9 @@ def _confusion_matrix(session, method, results):
     labels = session.data.test_labels if session.data.source is not None else np.concatenate(
         [y for _, y in session.evaluation["test"].as_numpy_iterator()]
     )
-    num_classes = session.data.num_classes
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (labels, predictions), 1)
-    return matrix
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(labels, predictions, labels=range(session.data.num_classes))
 
 
 # Helpers

@@ -1,4 +1,4 @@
-"""The `Example:` blocks of the data, noise and tuner modules' docstrings run and are right."""
+"""The `Example:` blocks of the data, noise, tuner and random-state modules run and are right."""
 
 import doctest
 import importlib
@@ -23,6 +23,7 @@ MODULES = [
     "mln_tf.data.sources",
     "mln_tf.data.noisy_data",
     "mln_tf.tuner",
+    "mln_tf.random_state",
 ]
 
 

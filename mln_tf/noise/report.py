@@ -6,6 +6,7 @@ import dataclasses
 from typing import NamedTuple
 
 import numpy as np
+from sklearn.metrics import confusion_matrix
 
 from mln_tf.noise.validation import check_labels
 
@@ -98,8 +99,7 @@ def noise_report(
             "Invalid value for argument `noisy_labels`. Received: shape "
             f"{noisy.shape}. Expected the shape of `clean_labels`, {clean.shape}."
         )
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(confusion, (clean, noisy), 1)
+    confusion = confusion_matrix(clean, noisy, labels=range(num_classes))
     row_sums = confusion.sum(axis=1, keepdims=True)
     transition = np.divide(
         confusion, row_sums, out=np.zeros(confusion.shape, np.float64), where=row_sums > 0
