@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything mln_tf needs into a virtual environment ($VENV, default .venv):
 #   data     Debian's Fashion-MNIST files, where apt is available and we are root;
+#   venv     the virtual environment only, made with $PYTHON (default python3);
 #   python   the virtual environment, the pinned packages and mln_tf itself.
-# With no argument it does both. The venv keeps Debian's own Python usable (PEP 668).
+# With no argument it does data and python. The venv keeps Debian's own Python usable
+# (PEP 668). FASHION_DIR (default Debian's folder) is where the data step looks for the files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-FASHION_DIR=/usr/share/datasets/fashion-mnist
+FASHION_DIR=${FASHION_DIR:-/usr/share/datasets/fashion-mnist}
 
 can_apt() { command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; }
 
@@ -62,7 +64,8 @@ install_python() {
 
 case "${1:-all}" in
   data) install_data ;;
+  venv) make_venv ;;
   python) install_python ;;
   all) install_data; install_python ;;
-  *) echo "usage: $0 [data|python|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [data|venv|python|all]" >&2; exit 2 ;;
 esac

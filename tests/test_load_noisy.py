@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mln_tf.data import DatasetFilesNotFoundError, load_noisy, sources, with_meta
+from mln_tf.data import (
+    DEFAULT_META_SIZE,
+    DatasetFilesNotFoundError,
+    default_meta_size,
+    load_noisy,
+    sources,
+    with_meta,
+)
 from mln_tf.data.datasets.noisy_fashion_mnist import dummy_data
 
 
@@ -39,6 +46,23 @@ def test_digits_symmetric():
     np.testing.assert_array_equal(test_labels, source.test_labels)
     assert test_images.shape == (360, 8, 8, 1)
     assert "1337 noisy training, 100 clean meta" in data.summary()
+
+
+def test_default_meta_size_depends_on_the_dataset(tmp_path):
+    # 100 of the 1,437 training digits, 10 per class: the same split as asked explicitly.
+    digits = load_noisy("digits", noise="symmetric", rate=0.4, seed=0)
+    explicit = load_noisy("digits", noise="symmetric", rate=0.4, meta_size=100, seed=0)
+    assert digits.split.meta_indices.size == 100 and digits.split.train_indices.size == 1337
+    assert np.bincount(digits.meta_labels).tolist() == [10] * 10
+    np.testing.assert_array_equal(digits.split.meta_indices, explicit.split.meta_indices)
+    np.testing.assert_array_equal(digits.train_noisy_labels, explicit.train_noisy_labels)
+    # Fashion-MNIST keeps 1,000, 100 per class of the dummy files' 150 per class.
+    dummy_data.write_fashion_mnist(tmp_path)
+    fashion = load_noisy("fashion_mnist", noise="symmetric", rate=0.4, data_dir=tmp_path)
+    assert np.bincount(fashion.meta_labels).tolist() == [100] * 10
+    assert fashion.split.train_indices.size == 10 * dummy_data.TRAIN_PER_CLASS - 1000
+    # Other datasets get the general default.
+    assert default_meta_size("cifar10_n") == DEFAULT_META_SIZE == 1000
 
 
 def test_same_seed_same_data_other_seed_other_data():

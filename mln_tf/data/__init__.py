@@ -47,8 +47,11 @@ from mln_tf.data.preprocessing import (
 from mln_tf.data.sources import (
     DATASETS,
     DEFAULT_FASHION_MNIST_DIR,
+    DEFAULT_META_SIZE,
+    DEFAULT_META_SIZES,
     ArraySource,
     DatasetFilesNotFoundError,
+    default_meta_size,
     load_source,
 )
 from mln_tf.data.splits import MetaSplit, split_meta
@@ -58,6 +61,8 @@ __all__ = [
     "CNWL_NOISE_LEVELS",
     "DATASETS",
     "DEFAULT_FASHION_MNIST_DIR",
+    "DEFAULT_META_SIZE",
+    "DEFAULT_META_SIZES",
     "UNLABELED",
     "ArraySource",
     "DatasetFilesNotFoundError",
@@ -69,6 +74,7 @@ __all__ = [
     "cache_features",
     "channel_stats",
     "datasets",
+    "default_meta_size",
     "load_cifar100_n",
     "load_cifar10_n",
     "load_controlled_noisy_web_labels",

@@ -15,7 +15,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mln_tf.data.sources import ArraySource, load_source
+from mln_tf.data.sources import ArraySource, default_meta_size, load_source
 from mln_tf.data.splits import MetaSplit, split_meta
 from mln_tf.noise import NoiseReport, apply_noise, check_noise_arguments, class_probabilities
 
@@ -220,7 +220,7 @@ def load_noisy(
     *,
     noise: str,
     rate: float | None = None,
-    meta_size: int = 1000,
+    meta_size: int | None = None,
     unlabeled_size: int = 0,
     seed: int = 0,
     data_dir: str | os.PathLike | None = None,
@@ -238,8 +238,10 @@ def load_noisy(
             `"feature_dependent"` or `"transition_matrix"`.
         rate: float in [0, 1), the noise rate; `None` (or 0) for `"none"` and
             `"transition_matrix"`.
-        meta_size: int, the size M of the clean, class-balanced meta set taken from the
-            training split. Defaults to 1000.
+        meta_size: optional int, the size M of the clean, class-balanced meta set taken
+            from the training split. Defaults to `None`: the dataset's default,
+            `mln_tf.data.default_meta_size(dataset)` (1000 for Fashion-MNIST, 100 for
+            the digits).
         unlabeled_size: int, the size of an unlabeled set also taken from the training
             split. Defaults to 0.
         seed: int, the seed of the split and the noise. Defaults to 0.
@@ -263,6 +265,8 @@ def load_noisy(
     """
     check_noise_arguments(noise, rate, transition_matrix=transition_matrix)
     source = load_source(dataset, data_dir=data_dir)
+    if meta_size is None:
+        meta_size = default_meta_size(source.name)
     noisy = make_noisy_split(
         source,
         noise=noise,

@@ -18,7 +18,7 @@ from mln_tf.data import sources
 from mln_tf.data.datasets.noisy_builder import NoisyImageBuilder, make_configs
 
 # Clean meta set size of every config: 100 of the 1,437 training digits (10 per class).
-META_SIZE = 100
+META_SIZE = sources.default_meta_size("digits")
 
 
 class NoisyDigits(NoisyImageBuilder):

@@ -19,7 +19,7 @@ from mln_tf.data import sources
 from mln_tf.data.datasets.noisy_builder import NoisyImageBuilder, make_configs
 
 # Clean meta set size of every config: 1,000 of the 60,000 training images (100 per class).
-META_SIZE = 1000
+META_SIZE = sources.default_meta_size("fashion_mnist")
 
 
 class NoisyFashionMnist(NoisyImageBuilder):
