@@ -90,7 +90,7 @@ def make_step(model_name, variant, jit_compile, batch_size, seed=0):
         keras.config.set_dtype_policy("float32")
     if meta_gradient is None:
         classifier.compile(
-            optimizer=mln_tf.meta_label_net.paper_classifier_optimizer(),
+            optimizer=mln_tf.optimizers.paper_classifier_optimizer(),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             jit_compile=jit_compile,
         )

@@ -1,7 +1,19 @@
 """mln_tf: MetaLabelNet for Keras 3 on TensorFlow."""
 
-from mln_tf import classifiers, data, distribute, losses, noise, options
-from mln_tf.meta_label_net import MetaLabelNet, NonFiniteLossError
+from mln_tf import (
+    classifiers,
+    data,
+    distribute,
+    losses,
+    noise,
+    optimizers,
+    options,
+    schedule,
+    train,
+    tuner,
+)
+from mln_tf.callbacks import NonFiniteLossError
+from mln_tf.meta_label_net import MetaLabelNet
 
 __version__ = "0.1.0"
 
@@ -13,5 +25,9 @@ __all__ = [
     "distribute",
     "losses",
     "noise",
+    "optimizers",
     "options",
+    "schedule",
+    "train",
+    "tuner",
 ]

@@ -12,6 +12,48 @@ from mln_tf.random_state import load_random_states, save_random_states
 STATE_FILE = "state.json"
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a training step produces a NaN or infinite loss.
+
+    The step that produced it is not applied: the weights keep their last finite values.
+    """
+
+
+def raise_if_a_step_was_skipped(model, where):
+    """Raises if `MetaLabelNet`'s step refused to apply a step since its metrics were reset.
+
+    Args:
+        model: the `MetaLabelNet`.
+        where: str, where the step ran, for the message (`"batch 3"`, `"train_on_batch"`).
+
+    Raises:
+        ValueError: for a label out of range.
+        NonFiniteLossError: for a NaN or infinite loss, meta loss or meta-gradient.
+    """
+    if float(model.invalid_label_steps.result()) > 0:
+        raise ValueError(
+            f"Training stopped at {where}: a label is out of range. Labels must be "
+            f"integer class indices in [0, {model.num_classes}), the classifier's "
+            f"{model.num_classes} classes (or -1 for unlabeled noisy examples). Check that "
+            "the meta set has the same classes as the classifier. The step was not "
+            "applied; the weights are those before it."
+        )
+    if float(model.non_finite_steps.result()) > 0:
+        raise NonFiniteLossError(
+            f"Training stopped at {where}: the loss, meta loss or meta-gradient is NaN or "
+            "infinite. The step was not applied; the weights are those before it. Lower the "
+            "learning rates or the virtual step `virtual_lr`, and check the inputs for NaN "
+            "values."
+        )
+
+
+class StopOnSkippedStep(keras.callbacks.Callback):
+    """Stops `fit` with a clear error on the first step that `train_step` refused to apply."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        raise_if_a_step_was_skipped(self.model, f"batch {batch}")
+
+
 class EvaluateEachEpoch(keras.callbacks.Callback):
     """Adds the classifier's accuracy on clean held-out sets to each epoch's logs.
 

@@ -16,7 +16,9 @@ soft labels, the meta loss and the generator's gradients.
 """
 
 import dataclasses
+import warnings
 
+import keras
 import tensorflow as tf
 
 from mln_tf import distribute, losses
@@ -198,3 +200,92 @@ def forward_mode(model, generator_inputs, batch, theta, state, virtual_indices, 
 
 
 STRATEGIES = {"nested_tapes": nested_tapes, "forward_mode": forward_mode}
+MAX_POOLING_LAYERS = (
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.MaxPooling3D,
+)
+
+
+# The virtual step's scope
+
+
+def virtual_indices(classifier, options):
+    """Indices into the classifier's trainable variables that the virtual step moves."""
+    trainable = classifier.trainable_variables
+    if options.virtual_scope == "all":
+        return list(range(len(trainable)))
+    head = {id(v) for layer in _head_layers(classifier, options) for v in layer.trainable_weights}
+    return [index for index, variable in enumerate(trainable) if id(variable) in head]
+
+
+def _head_layers(classifier, options):
+    return weighted_layers(classifier)[-options.head_layers :]
+
+
+def virtual_path_layers(classifier, options):
+    """The classifier's innermost layers from the first one the virtual step moves on."""
+    layers = leaf_layers(classifier)
+    if options.virtual_scope == "head":
+        layers = layers[layers.index(_head_layers(classifier, options)[0]) :]
+    return layers
+
+
+def strategy_for(classifier, options):
+    """The name of the strategy this trace takes; warns where forward mode cannot be used.
+
+    TensorFlow's forward-mode autodiff does not carry tangents across replicas: through a
+    synchronised batch normalisation, whose moments are all-reduced, the product J_p v would
+    miss the other replicas' terms. There the nested tapes take over.
+    """
+    if options.meta_gradient != "forward_mode" or distribute.num_replicas() == 1:
+        return options.meta_gradient
+    synchronized = [
+        layer.name
+        for layer in virtual_path_layers(classifier, options)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized
+    ]
+    if not synchronized:
+        return "forward_mode"
+    warnings.warn(
+        f'`meta_gradient="forward_mode"` falls back to "nested_tapes" under this '
+        f"{distribute.num_replicas()}-replica strategy: the synchronised batch normalisation "
+        f"{', '.join(repr(name) for name in synchronized)} all-reduces its moments, "
+        "and forward-mode derivatives do not cross replicas. The meta-gradient stays "
+        'exact. Pass `meta_gradient="nested_tapes"` to silence this warning.',
+        stacklevel=3,
+    )
+    return "nested_tapes"
+
+
+def check_xla_max_pooling(classifier, options):
+    """Raises if XLA would have to compile max-pooling's second derivative below float32."""
+    for layer in virtual_path_layers(classifier, options):
+        if isinstance(layer, MAX_POOLING_LAYERS) and layer.compute_dtype != "float32":
+            raise ValueError(
+                f"Invalid value for argument `jit_compile`. Received: jit_compile=True "
+                f"with the max-pooling layer {layer.name!r} computing in "
+                f"{layer.compute_dtype} inside the virtual step. Expected "
+                "jit_compile=False: XLA compiles the second derivative of max-pooling "
+                "in float32 only. Compile with `jit_compile=False`, build the classifier "
+                'in float32, or use `virtual_scope="head"` so that the virtual step '
+                "stops after the max-pooling."
+            )
+
+
+def weighted_layers(classifier):
+    """The classifier's innermost layers that have trainable weights, in order.
+
+    A nested model (a ResNet-50 backbone, say) counts its own layers, not itself.
+    """
+    return [layer for layer in leaf_layers(classifier) if layer.trainable_weights]
+
+
+def leaf_layers(model):
+    leaves = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            leaves.extend(leaf_layers(layer))
+        else:
+            leaves.append(layer)
+    return leaves

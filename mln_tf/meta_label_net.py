@@ -11,53 +11,17 @@ import warnings
 import keras
 import tensorflow as tf
 
-from mln_tf import distribute, keras_compat, losses, meta_gradient, training_batch
+from mln_tf import callbacks as callbacks_lib
+from mln_tf import distribute, keras_compat, losses, meta_gradient, random_state, training_batch
 from mln_tf import label_generator as generator_lib
 from mln_tf import options as options_lib
+from mln_tf.optimizers import paper_classifier_optimizer, paper_generator_optimizer
 
 # The classifier's loss on the soft labels, for both the virtual step and the real update.
 LABEL_LOSSES = {
     "reverse_kl": losses.soft_label_loss,
     "cross_entropy": losses.soft_label_cross_entropy,
 }
-MAX_POOLING_LAYERS = (
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.MaxPooling3D,
-)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Raised when a training step produces a NaN or infinite loss.
-
-    The step that produced it is not applied: the weights keep their last finite values.
-    """
-
-
-def paper_classifier_optimizer(learning_rate=1e-2):
-    """The classifier optimizer of the authors' code: SGD, momentum 0.9, weight decay 1e-4.
-
-    Args:
-        learning_rate: float or `keras.optimizers.schedules.LearningRateSchedule`.
-            Defaults to 1e-2.
-
-    Returns:
-        A `keras.optimizers.SGD`.
-    """
-    return keras.optimizers.SGD(learning_rate, momentum=0.9, weight_decay=1e-4)
-
-
-def paper_generator_optimizer(learning_rate=1e-3):
-    """The label generator's optimizer of the authors' code: Adam, weight decay 1e-4.
-
-    Args:
-        learning_rate: float, β in the paper: 1e-2 for CIFAR-10, 1e-3 otherwise.
-            Defaults to 1e-3.
-
-    Returns:
-        A `keras.optimizers.Adam`.
-    """
-    return keras.optimizers.Adam(learning_rate, weight_decay=1e-4)
 
 
 @keras.saving.register_keras_serializable(package="mln_tf")
@@ -76,9 +40,10 @@ class MetaLabelNet(keras.Model):
     6. updates θ with the main optimizer on L_c(θ; ŷ') + w·L_e(θ), reusing the forward
        pass of step 2.
 
-    The given noisy label is not used by the step; it only feeds the `label_agreement`
-    metric. The virtual pass never moves the real batch-normalisation statistics; the real
-    pass updates them once per batch.
+    With the authors' options the given noisy label is not used by the step; it only feeds
+    the `label_agreement` metric (`label_input=True` gives it to the generator). The
+    virtual pass never moves the real batch-normalisation statistics; the real pass updates
+    them once per batch.
 
     Formula:
 
@@ -90,48 +55,9 @@ class MetaLabelNet(keras.Model):
     θ        ← optimizer(θ, ∇_θ [L_c(θ; stop_gradient(g_φ(h(x)))) + w L_e(θ)])
     ```
 
-    Options beyond the paper (its behaviour is the default of each):
-
-    - `label_input=True`: the generator also sees the given label, ŷ = softmax(W·h(x) +
-      V·onehot(ỹ) + b), and the meta-gradient learns V, how far to trust each given label
-      (V starts at `label_trust`·I). The authors' generator ignores ỹ, so under benign
-      noise it can only reproduce the warm-up network's own predictions.
-    - `generator_init="classifier_head"`: W and b start as the warmed-up classifier's last
-      layer, so the first soft labels are its predictions rather than random ones.
-    - `loss_scale="sum_over_classes"`: L_c and L_e are summed over classes (C times the
-      mean over B×C), the scale of ordinary cross-entropy, for the classifier's update and
-      the virtual step alike.
-    - `label_loss="cross_entropy"`: L_c = −mean ŷ·log p instead of KL(p‖ŷ). The reverse KL
-      with the entropy term is −Σ p log ŷ, whose gradient vanishes where p is already
-      confident, right or wrong; cross-entropy's is p − ŷ.
-
-    The meta-gradient's second-order term, with `meta_gradient="forward_mode"`: L_c
-    depends on ŷ only through −mean(p · log(ŷ + ε)), so the derivative of the meta loss
-    with respect to the soft labels is one Jacobian-vector product of the classifier's
-    probabilities p at θ along v, computed in forward mode, instead of a reverse-mode
-    derivative of the inner gradient (`meta_gradient="nested_tapes"`, the default and
-    the reference). Both are exact. The nested tapes differentiate only through ŷ, so
-    their second backward is the same tangent pass on the activations already recorded;
-    the forward accumulator must run the forward pass again (1F), which made it the
-    slower one on the CPU without XLA, and as fast with XLA.
-
-    Formula:
-
-    ```
-    v           = ∇_θ̂ L_m(θ̂)                                   (on the meta batch)
-    J_p v       = d/dε p(θ + ε v) at ε = 0                      (ForwardAccumulator)
-    ∂L_m/∂ŷ_ij  = α (J_p v)_ij / ((ŷ_ij + 1e-10) · B · C)
-    ∇_φ L_m     = (∂ŷ/∂φ)ᵀ ∂L_m/∂ŷ                              (the generator's backward)
-    ```
-
-    With `label_loss="cross_entropy"` L_c depends on ŷ through −mean(ŷ · log p) instead,
-    and ∂L_m/∂ŷ_ij = α (J_log p v)_ij / (B · C); with `loss_scale="sum_over_classes"`,
-    B replaces B · C in both.
-
-    With `virtual_scope="head"`, θ̂ moves only the last `head_layers` layers with weights,
-    θ̂ = (θ_body, θ_head − α ∇_θ_head L_c), and v and the product J_p v are taken along
-    θ_head only: an approximation of the meta-gradient that skips the body's backward
-    passes. The classifier's own update still trains every weight.
+    The options beyond the paper (`label_input`, `generator_init`, `loss_scale`,
+    `label_loss`, `virtual_scope`) and the forward-mode formula of the meta-gradient are in
+    `docs/algorithm.md`; `mln_tf.meta_gradient` computes it.
 
     Training data: each element is `((x, y), (x_meta, y_meta))`, with integer labels and
     `y = -1` for unlabeled examples, or `(x, (x_meta, y_meta))` for a batch without labels.
@@ -324,7 +250,7 @@ class MetaLabelNet(keras.Model):
         optimizer = keras.optimizers.get(optimizer or paper_classifier_optimizer())
         super().compile(optimizer=optimizer, **kwargs)
         if self.jit_compile:
-            self._check_xla_max_pooling()
+            meta_gradient.check_xla_max_pooling(self.classifier, self._options)
         # Only the classifier's variables: Keras would otherwise build it on the generator's too.
         if not self.optimizer.built:
             self.optimizer.build(self.classifier.trainable_variables)
@@ -361,17 +287,11 @@ class MetaLabelNet(keras.Model):
     def save_own_variables(self, store):
         # Keras does not save random-generator states; dropout needs them to resume exactly.
         super().save_own_variables(store)
-        for index, state in enumerate(self._random_states()):
-            store[f"random_state_{index}"] = state.numpy()
+        random_state.save_random_states(self.classifier, store)
 
     def load_own_variables(self, store):
-        for index, state in enumerate(self._random_states()):
-            key = f"random_state_{index}"
-            if key in store:
-                state.assign(store[key])
-
-    def _random_states(self):
-        return random_state_variables(self.classifier)
+        # Not strict: a file saved without the states still loads, with fresh ones.
+        random_state.load_random_states(self.classifier, store, strict=False)
 
     @property
     def metrics(self):
@@ -388,8 +308,13 @@ class MetaLabelNet(keras.Model):
         return self.classifier(inputs, training=training)
 
     def fit(self, *args, callbacks=None, **kwargs):
-        callbacks = [*(callbacks or []), _StopOnInvalidStep()]
+        callbacks = [*(callbacks or []), callbacks_lib.StopOnSkippedStep()]
         return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        logs = super().train_on_batch(*args, **kwargs)
+        callbacks_lib.raise_if_a_step_was_skipped(self, "train_on_batch")
+        return logs
 
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
@@ -480,9 +405,10 @@ class MetaLabelNet(keras.Model):
         global_batch = distribute.num_replicas() > 1 and self.virtual_batch == "global"
 
         # 1-3: soft labels ŷ, virtual step θ̂, meta loss at θ̂ and its gradient for φ
-        strategy = "forward_mode" if self._uses_forward_mode() else "nested_tapes"
+        strategy = meta_gradient.strategy_for(self.classifier, self._options)
+        moved = meta_gradient.virtual_indices(self.classifier, self._options)
         meta_step = meta_gradient.STRATEGIES[strategy](
-            self, generator_inputs, batch, theta, state, self._virtual_indices(), global_batch
+            self, generator_inputs, batch, theta, state, moved, global_batch
         )
         labels_ok = distribute.on_all_replicas(
             training_batch.labels_in_range(batch, self.num_classes)
@@ -587,67 +513,6 @@ class MetaLabelNet(keras.Model):
             }
         )
 
-    # The virtual step's scope
-
-    def _virtual_indices(self):
-        """Indices into the classifier's trainable variables that the virtual step moves."""
-        trainable = self.classifier.trainable_variables
-        if self.virtual_scope == "all":
-            return list(range(len(trainable)))
-        head = {id(v) for layer in self._head_layers() for v in layer.trainable_weights}
-        return [index for index, variable in enumerate(trainable) if id(variable) in head]
-
-    def _head_layers(self):
-        return weighted_layers(self.classifier)[-self.head_layers :]
-
-    def _virtual_path_layers(self):
-        """The classifier's innermost layers from the first one the virtual step moves on."""
-        layers = _leaf_layers(self.classifier)
-        if self.virtual_scope == "head":
-            layers = layers[layers.index(self._head_layers()[0]) :]
-        return layers
-
-    def _uses_forward_mode(self):
-        """Whether this trace takes the forward-mode meta-gradient; warns where it cannot.
-
-        TensorFlow's forward-mode autodiff does not carry tangents across replicas: through
-        a synchronised batch normalisation, whose moments are all-reduced, the product J_p v
-        would miss the other replicas' terms. There the nested tapes take over.
-        """
-        if self.meta_gradient != "forward_mode":
-            return False
-        if distribute.num_replicas() == 1:
-            return True
-        synchronized = [
-            layer.name
-            for layer in self._virtual_path_layers()
-            if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized
-        ]
-        if not synchronized:
-            return True
-        warnings.warn(
-            f'`meta_gradient="forward_mode"` falls back to "nested_tapes" under this '
-            f"{distribute.num_replicas()}-replica strategy: the synchronised batch normalisation "
-            f"{', '.join(repr(name) for name in synchronized)} all-reduces its moments, "
-            "and forward-mode derivatives do not cross replicas. The meta-gradient stays "
-            'exact. Pass `meta_gradient="nested_tapes"` to silence this warning.',
-            stacklevel=2,
-        )
-        return False
-
-    def _check_xla_max_pooling(self):
-        for layer in self._virtual_path_layers():
-            if isinstance(layer, MAX_POOLING_LAYERS) and layer.compute_dtype != "float32":
-                raise ValueError(
-                    f"Invalid value for argument `jit_compile`. Received: jit_compile=True "
-                    f"with the max-pooling layer {layer.name!r} computing in "
-                    f"{layer.compute_dtype} inside the virtual step. Expected "
-                    "jit_compile=False: XLA compiles the second derivative of max-pooling "
-                    "in float32 only. Compile with `jit_compile=False`, build the classifier "
-                    'in float32, or use `virtual_scope="head"` so that the virtual step '
-                    "stops after the max-pooling."
-                )
-
 
 def _option_property(name):
     def get(self):
@@ -661,41 +526,6 @@ def _option_property(name):
 
 for _name in options_lib.NAMES:
     setattr(MetaLabelNet, _name, _option_property(_name))
-
-
-class _StopOnInvalidStep(keras.callbacks.Callback):
-    """Stops `fit` with a clear error on the first step that `train_step` refused to apply."""
-
-    def on_train_batch_end(self, batch, logs=None):
-        model = self.model
-        if float(model.invalid_label_steps.result()) > 0:
-            raise ValueError(
-                f"Training stopped at batch {batch}: a label is out of range. Labels must be "
-                f"integer class indices in [0, {model.num_classes}), the classifier's "
-                f"{model.num_classes} classes (or -1 for unlabeled noisy examples). Check that "
-                "the meta set has the same classes as the classifier. The step was not "
-                "applied; the weights are those before it."
-            )
-        if float(model.non_finite_steps.result()) > 0:
-            raise NonFiniteLossError(
-                f"Training stopped at batch {batch}: the loss or meta loss is NaN or infinite "
-                f"(logs: {_format_logs(logs)}). The step was not applied; the weights are those "
-                "before it. Lower the learning rates or the virtual step `virtual_lr`, and check "
-                "the inputs for NaN values."
-            )
-
-
-def random_state_variables(model):
-    """The random-generator states of a model (dropout seeds), which `save_weights` skips.
-
-    Args:
-        model: a `keras.Model`.
-
-    Returns:
-        A list of the model's non-trainable variables that are not among its weights.
-    """
-    weights = {id(variable) for variable in model.weights}
-    return [v for v in model.non_trainable_variables if id(v) not in weights]
 
 
 def _check_classifier(classifier):
@@ -718,26 +548,8 @@ def _check_classifier(classifier):
         )
 
 
-def weighted_layers(classifier):
-    """The classifier's innermost layers that have trainable weights, in order.
-
-    A nested model (a ResNet-50 backbone, say) counts its own layers, not itself.
-    """
-    return [layer for layer in _leaf_layers(classifier) if layer.trainable_weights]
-
-
-def _leaf_layers(model):
-    leaves = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            leaves.extend(_leaf_layers(layer))
-        else:
-            leaves.append(layer)
-    return leaves
-
-
 def _check_head_layers(head_layers, classifier):
-    weighted = [layer.name for layer in weighted_layers(classifier)]
+    weighted = [layer.name for layer in meta_gradient.weighted_layers(classifier)]
     if not 1 <= head_layers <= len(weighted):
         shown = ", ".join(weighted[-5:])
         raise ValueError(
@@ -772,7 +584,3 @@ def _serialize_model(model):
 
 def _all_finite(tensors):
     return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in tensors]))
-
-
-def _format_logs(logs):
-    return ", ".join(f"{key}={float(value):.4g}" for key, value in (logs or {}).items())

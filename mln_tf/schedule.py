@@ -8,7 +8,7 @@ classifier = compile_for_warm_up(mln_tf.classifiers.fashion_cnn(10), learning_ra
 warm_up(classifier, noisy_batches, epochs=3)
 model = mln_tf.MetaLabelNet(classifier, feature_layer="features",
                             options=mln_tf.options.RECOMMENDED)
-model.compile(optimizer=mln_tf.meta_label_net.paper_classifier_optimizer(1e-2))
+model.compile(optimizer=mln_tf.optimizers.paper_classifier_optimizer(1e-2))
 start_meta_stage(model, classifier)
 meta_stage(model, mln_tf.data.with_meta(noisy, meta, 64), first_epoch=3, last_epoch=6)
 ```
@@ -21,7 +21,7 @@ first, so that one learning-rate schedule spans both stages.
 
 import keras
 
-from mln_tf.meta_label_net import paper_classifier_optimizer
+from mln_tf.optimizers import paper_classifier_optimizer
 
 
 def compile_for_warm_up(classifier, learning_rate=1e-2, loss=None, jit_compile="auto"):

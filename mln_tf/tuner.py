@@ -35,7 +35,8 @@ import tensorflow as tf
 
 from mln_tf import classifiers, schedule
 from mln_tf import options as options_lib
-from mln_tf.meta_label_net import MetaLabelNet, paper_classifier_optimizer
+from mln_tf.meta_label_net import MetaLabelNet
+from mln_tf.optimizers import paper_classifier_optimizer
 
 # Hyperband sets this value on a trial that continues the best model of an earlier round.
 RESUMED_TRIAL_KEY = "tuner/trial_id"

@@ -41,6 +41,10 @@ def examples(seed, size=32, num_inputs=4):
     return tf.data.Dataset.from_tensor_slices((x, y))
 
 
+def moved_indices(model):
+    return mln_tf.meta_gradient.virtual_indices(model.classifier, model.options)
+
+
 # Options: checks and configuration
 
 
@@ -95,7 +99,7 @@ def test_options_default_compile_and_survive_saving(tmp_path):
 def test_head_layers_selects_the_last_weighted_layers():
     model = mln_tf.MetaLabelNet(classifier(), feature_layer="features", virtual_scope="head")
     trainable = model.classifier.trainable_variables
-    assert [trainable[i].path for i in model._virtual_indices()] == [
+    assert [trainable[i].path for i in moved_indices(model)] == [
         "logits/kernel",
         "logits/bias",
     ]
@@ -103,7 +107,7 @@ def test_head_layers_selects_the_last_weighted_layers():
         classifier(), feature_layer="features", virtual_scope="head", head_layers=2
     )
     trainable = model.classifier.trainable_variables
-    assert [trainable[i].path for i in model._virtual_indices()] == [
+    assert [trainable[i].path for i in moved_indices(model)] == [
         "bn/gamma",
         "bn/beta",
         "logits/kernel",
