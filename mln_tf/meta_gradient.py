@@ -21,7 +21,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from mln_tf import distribute, losses
+from mln_tf import distribute, losses, random_state
 
 
 @dataclasses.dataclass
@@ -46,12 +46,23 @@ class VirtualStep:
 
 @dataclasses.dataclass
 class MetaStep:
-    """What a meta-gradient strategy returns: steps 1 to 4 of the algorithm."""
+    """What a meta-gradient strategy returns: steps 1 to 4 of the algorithm.
+
+    Attributes:
+        virtual_step: the `VirtualStep`.
+        soft_labels: ŷ, the generator's soft labels for the noisy batch.
+        meta_loss: L_m(θ̂).
+        generator_grads: ∇_φ L_m.
+        new_state: the classifier's non-trainable values after the step: the noisy pass's
+            batch-normalisation statistics, and random-generator states advanced by both
+            the noisy and the meta pass, so that the next step draws fresh dropout masks.
+    """
 
     virtual_step: VirtualStep
     soft_labels: tf.Tensor
     meta_loss: tf.Tensor
     generator_grads: list
+    new_state: list
 
 
 def classifier_logits(classifier, weights, state, images):
@@ -103,12 +114,24 @@ def virtual_step(classifier, theta, state, images, inner_loss, virtual_indices, 
 
 
 def meta_loss(model, fast_weights, state, x_meta, y_meta):
-    """The meta loss at θ̂, and its share scaled for the replicas and the generator's
-    optimizer (loss scaling)."""
-    meta_logits, _ = classifier_logits(model.classifier, fast_weights, state, x_meta)
+    """The meta loss at θ̂; its share scaled for the replicas and the generator's optimizer
+    (loss scaling); and the classifier's state after the meta pass."""
+    meta_logits, meta_state = classifier_logits(model.classifier, fast_weights, state, x_meta)
     loss = losses.meta_loss(y_meta, meta_logits)
     scaled = model.generator_optimizer.scale_loss(distribute.scale_for_replicas(loss))
-    return loss, scaled
+    return loss, scaled, meta_state
+
+
+def state_after_step(classifier, noisy_state, meta_state):
+    """The noisy pass's batch-normalisation statistics (the virtual pass's are discarded),
+    with the random-generator states the meta pass advanced further."""
+    random_ids = {id(variable) for variable in random_state.random_state_variables(classifier)}
+    return [
+        meta if id(variable) in random_ids else noisy
+        for variable, noisy, meta in zip(
+            classifier.non_trainable_variables, noisy_state, meta_state, strict=True
+        )
+    ]
 
 
 def nested_tapes(model, generator_inputs, batch, theta, state, virtual_indices, global_batch):
@@ -133,10 +156,11 @@ def nested_tapes(model, generator_inputs, batch, theta, state, virtual_indices, 
             virtual_indices, model.virtual_lr, global_batch,
         )  # fmt: skip
         # Meta loss on the clean batch; the virtual pass's BN updates are discarded
-        loss, scaled = meta_loss(model, step.fast_weights, step.new_state, batch.x_meta,
-                                 batch.y_meta)  # fmt: skip
+        loss, scaled, meta_state = meta_loss(model, step.fast_weights, step.new_state,
+                                             batch.x_meta, batch.y_meta)  # fmt: skip
     generator_grads = meta_tape.gradient(scaled, model.label_generator.trainable_variables)
-    return MetaStep(step, soft_labels, loss, generator_grads)
+    new_state = state_after_step(model.classifier, step.new_state, meta_state)
+    return MetaStep(step, soft_labels, loss, generator_grads, new_state)
 
 
 def forward_mode(model, generator_inputs, batch, theta, state, virtual_indices, global_batch):
@@ -157,8 +181,8 @@ def forward_mode(model, generator_inputs, batch, theta, state, virtual_indices, 
     virtual_fast_weights = [step.fast_weights[index] for index in virtual_indices]
     with tf.GradientTape() as fast_tape:
         fast_tape.watch(virtual_fast_weights)
-        loss, scaled = meta_loss(model, step.fast_weights, step.new_state, batch.x_meta,
-                                 batch.y_meta)  # fmt: skip
+        loss, scaled, meta_state = meta_loss(model, step.fast_weights, step.new_state,
+                                             batch.x_meta, batch.y_meta)  # fmt: skip
     meta_grads = fast_tape.gradient(scaled, virtual_fast_weights)
     if global_batch:
         # θ̂ is shared by the replicas: the meta loss of every replica moves it.
@@ -196,7 +220,8 @@ def forward_mode(model, generator_inputs, batch, theta, state, virtual_indices, 
         model.label_generator.trainable_variables,
         output_gradients=tf.cast(soft_label_grads, soft_labels.dtype),
     )
-    return MetaStep(step, soft_labels, loss, generator_grads)
+    new_state = state_after_step(model.classifier, step.new_state, meta_state)
+    return MetaStep(step, soft_labels, loss, generator_grads, new_state)
 
 
 STRATEGIES = {"nested_tapes": nested_tapes, "forward_mode": forward_mode}

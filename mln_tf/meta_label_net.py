@@ -434,9 +434,7 @@ class MetaLabelNet(keras.Model):
             meta_step.virtual_step, new_soft_labels, theta
         )
         step_ok = tf.logical_and(step_ok, distribute.on_all_replicas(tf.math.is_finite(loss)))
-        distribute.run_if(
-            step_ok, self._update_classifier, classifier_grads, meta_step.virtual_step.new_state
-        )
+        distribute.run_if(step_ok, self._update_classifier, classifier_grads, meta_step.new_state)
 
         return self._update_metrics(batch, meta_step, loss, labels_ok, step_ok)
 
@@ -545,6 +543,29 @@ def _check_classifier(classifier):
         raise ValueError(
             f"The classifier must output logits of shape (batch, classes). Received output "
             f"shape {output_shape}."
+        )
+    last = classifier.layers[-1]
+    if isinstance(last, keras.layers.Softmax) or getattr(last, "activation", None) in (
+        keras.activations.softmax,
+        keras.activations.sigmoid,
+    ):
+        raise ValueError(
+            f"The classifier's last layer {last.name!r} applies a softmax (or sigmoid): it "
+            "outputs probabilities, but MetaLabelNet needs logits. Remove the activation "
+            '(`Dense(num_classes)` without `activation="softmax"`); apply the softmax at '
+            "prediction time."
+        )
+    float16 = [
+        layer.name for layer in classifier._flatten_layers() if layer.compute_dtype == "float16"
+    ]
+    if float16:
+        raise ValueError(
+            f"The classifier computes in float16 (layers {', '.join(float16[:3])}...), as under "
+            "the `mixed_float16` policy. MetaLabelNet does not support it: the virtual step's "
+            "gradient and the meta-gradient's second-order term, of order 1/(B·C), underflow "
+            "to exactly 0 in float16 without loss scaling, and the generator would silently "
+            'stop learning. Use `keras.mixed_precision.set_dtype_policy("mixed_bfloat16")`, '
+            "which keeps float32's range, or float32."
         )
 
 

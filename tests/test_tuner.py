@@ -252,15 +252,26 @@ def test_the_authors_algorithm_is_their_options_with_the_dimensions_fixed():
 
 
 def test_a_head_the_generator_cannot_start_from_is_a_fatal_error():
+    def biasless_classifier(num_classes, input_shape):
+        inputs = keras.Input(input_shape)
+        x = layers.Dense(16, activation="relu", name="features")(layers.Flatten()(inputs))
+        return keras.Model(inputs, layers.Dense(num_classes, use_bias=False)(x))
+
+    builder = MetaLabelNetHyperModel(10, (8, 8, 1), classifier_builder=biasless_classifier)
+    with pytest.raises(kt.errors.FatalValueError, match="Use generator_init='random'"):
+        builder.build(kt.HyperParameters())
+    options = mln_tf.options.RECOMMENDED.replace(generator_init="random")
+    built = MetaLabelNetHyperModel(10, (8, 8, 1), classifier_builder=biasless_classifier,
+                                   options=options).build(kt.HyperParameters())  # fmt: skip
+    assert built.generator_init == "random"
+
+
+def test_a_classifier_that_outputs_probabilities_is_a_fatal_error():
     def softmax_classifier(num_classes, input_shape):
         inputs = keras.Input(input_shape)
         x = layers.Dense(16, activation="relu", name="features")(layers.Flatten()(inputs))
         return keras.Model(inputs, layers.Dense(num_classes, activation="softmax")(x))
 
     builder = MetaLabelNetHyperModel(10, (8, 8, 1), classifier_builder=softmax_classifier)
-    with pytest.raises(kt.errors.FatalValueError, match="Use generator_init='random'"):
+    with pytest.raises(kt.errors.FatalValueError, match="outputs probabilities, but"):
         builder.build(kt.HyperParameters())
-    options = mln_tf.options.RECOMMENDED.replace(generator_init="random")
-    built = MetaLabelNetHyperModel(10, (8, 8, 1), classifier_builder=softmax_classifier,
-                                   options=options).build(kt.HyperParameters())  # fmt: skip
-    assert built.generator_init == "random"
