@@ -11,7 +11,8 @@ import warnings
 
 from mln_tf import classifiers, noise
 from mln_tf import options as options_lib
-from mln_tf.train import DATASETS, DEPRECATED_FIELDS, LABEL_SETS, PRESETS, TrainConfig, run
+from mln_tf.train import run
+from mln_tf.train_config import DATASETS, DEPRECATED_FIELDS, LABEL_SETS, PRESETS, TrainConfig
 
 DEFAULTS = TrainConfig()
 RUNS_DIR = "runs"
