@@ -23,6 +23,8 @@ MODULES = [
     "mln_tf.data.sources",
     "mln_tf.data.noisy_data",
     "mln_tf.tuner",
+    "mln_tf.options",
+    "mln_tf.train_config",
     "mln_tf.random_state",
 ]
 
