@@ -235,3 +235,51 @@ def test_classifier_update_matches_finite_differences_on_the_new_soft_labels(
         expected.append(param - learning_rate * gradient)
     for got, want in zip(classifier.get_weights(), expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
+
+
+# Bad input: each gets a clear error (README, "Bad input")
+
+
+def noisy_and_meta(meta_labels):
+    rng = np.random.default_rng(6)
+    noisy = tf.data.Dataset.from_tensor_slices(
+        (rng.normal(size=(8, 6)).astype("float32"), rng.integers(0, 3, 8))
+    )
+    meta = tf.data.Dataset.from_tensor_slices(
+        (rng.normal(size=(len(meta_labels), 6)).astype("float32"), np.asarray(meta_labels))
+    )
+    return noisy, meta
+
+
+def test_a_meta_set_of_one_class_is_refused():
+    noisy, meta = noisy_and_meta([2, 2, 2, 2])
+    with pytest.raises(ValueError, match="The meta set holds only class 2"):
+        mln_tf.data.with_meta(noisy, meta, batch_size=4)
+    noisy, meta = noisy_and_meta([])
+    with pytest.raises(ValueError, match="`meta` is empty"):
+        mln_tf.data.with_meta(noisy, meta.take(0), batch_size=4)
+
+
+@pytest.mark.parametrize(
+    "corrupt, error, message",
+    [
+        (lambda x, y, xm, ym: (x, y.astype("float32"), xm, ym), ValueError,
+         "The labels `y` must be integer class indices"),
+        (lambda x, y, xm, ym: (x, np.where(np.arange(6) == 0, 3, y), xm, ym), ValueError,
+         "a label is out of range"),
+        (lambda x, y, xm, ym: (x, y, xm, np.where(np.arange(6) == 0, -1, ym)), ValueError,
+         "a label is out of range"),
+        (lambda x, y, xm, ym: (x[:, :5], y, xm, ym), ValueError,
+         r"has examples of shape \(5,\), but the classifier expects \(6,\)"),
+        (lambda x, y, xm, ym: (x, y, xm, np.eye(4)[ym]), ValueError,
+         "The meta labels have 4 classes"),
+    ],
+)
+def test_bad_batches_get_an_error_that_names_the_problem(corrupt, error, message):
+    model = mln_tf.MetaLabelNet(dense_classifier(6), feature_layer="features")
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    (x, y), (x_meta, y_meta) = batch(np.random.default_rng(7))
+    x, y, x_meta, y_meta = corrupt(x, y, x_meta, y_meta)
+    data = tf.data.Dataset.from_tensors(((x, y), (x_meta, y_meta)))
+    with pytest.raises(error, match=message):
+        model.fit(data, verbose=0)

@@ -19,6 +19,8 @@ import tensorflow as tf
 
 # Label value that marks an unlabeled example inside a labeled batch.
 UNLABELED = -1
+# Meta sets up to this size are read once to check that they hold several classes.
+MAX_CHECKED_META_SIZE = 100_000
 
 
 def _check_unbatched(dataset, name):
@@ -103,6 +105,21 @@ def _check_not_empty(dataset, name):
         )
 
 
+def _check_several_classes(meta):
+    """A meta set of one class would teach the generator to predict that class everywhere."""
+    cardinality = int(meta.cardinality())
+    if cardinality < 0 or cardinality > MAX_CHECKED_META_SIZE:
+        return  # unknown or very large: not read twice
+    labels = meta.map(lambda image, label: label).batch(4096)
+    classes = np.unique(np.concatenate([np.reshape(y, -1) for y in labels.as_numpy_iterator()]))
+    if classes.size < 2:
+        raise ValueError(
+            f"The meta set holds only class {classes[0]}. Its meta loss would teach the label "
+            "generator to predict that class for every image: the meta set needs clean "
+            "examples of every class (`mln_tf.data.split_meta` picks them class-balanced)."
+        )
+
+
 def with_meta(
     noisy,
     meta,
@@ -162,6 +179,7 @@ def with_meta(
         _check_unbatched(dataset, name)
         _check_labeled(dataset, name, allow_features=name == "noisy")
         _check_not_empty(dataset, name)
+    _check_several_classes(meta)
     cached = len(noisy.element_spec) == 3
     if cached and unlabeled is not None:
         raise ValueError(
