@@ -292,3 +292,24 @@ def test_docstring_examples():
         meta_weight_net, extraglobs={"mln_tf": mln_tf, **vars(meta_weight_net)}
     )
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_default_virtual_lr_follows_the_learning_rate_schedule():
+    x, y, x_meta, y_meta = _batch(np.random.default_rng(10), 16, dtype="float32")
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([5], [0.3, 0.05])
+    changes = []
+    for optimizer, virtual_lr in [
+        (keras.optimizers.SGD(schedule), None),  # at step 10: α = 0.05
+        (keras.optimizers.SGD(0.05), None),
+        (keras.optimizers.SGD(0.05), 0.3),
+    ]:
+        keras.utils.set_random_seed(11)
+        model = MetaWeightNet(_tanh_classifier(), hidden_units=8, virtual_lr=virtual_lr)
+        model.compile(optimizer=optimizer, weight_net_optimizer=keras.optimizers.SGD(1.0))
+        model.optimizer.iterations.assign(10)
+        before = [v.numpy() for v in model.weight_net.weights]
+        model.train_on_batch(((x, y), (x_meta, y_meta)))
+        changes.append([b - v.numpy() for b, v in zip(before, model.weight_net.weights)])
+    for scheduled, constant in zip(changes[0], changes[1]):
+        np.testing.assert_allclose(scheduled, constant, rtol=1e-6, atol=1e-9)
+    assert np.abs(changes[1][2] - changes[2][2]).max() > 1e-6
