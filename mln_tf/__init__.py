@@ -14,11 +14,13 @@ from mln_tf import (
 )
 from mln_tf.callbacks import NonFiniteLossError
 from mln_tf.meta_label_net import MetaLabelNet
+from mln_tf.meta_weight_net import MetaWeightNet
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MetaLabelNet",
+    "MetaWeightNet",
     "NonFiniteLossError",
     "classifiers",
     "data",

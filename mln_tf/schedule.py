@@ -107,8 +107,10 @@ def start_meta_stage(model, warmed_classifier):
     """
     if warmed_classifier is not model.classifier:
         model.classifier.set_weights(warmed_classifier.get_weights())
-    model.refresh_feature_extractor()
-    model.initialize_label_generator()
+    # MetaLabelNet's frozen copy and generator; a meta-learned baseline may have neither.
+    if hasattr(model, "refresh_feature_extractor"):
+        model.refresh_feature_extractor()
+        model.initialize_label_generator()
     source, target = warmed_classifier.optimizer, model.optimizer
     if source is None or target is None:
         return
