@@ -113,12 +113,12 @@ def virtual_step(classifier, theta, state, images, inner_loss, virtual_indices, 
     return VirtualStep(logits, new_state, tape, label_loss, fast_weights)
 
 
-def meta_loss(model, fast_weights, state, x_meta, y_meta):
-    """The meta loss at θ̂; its share scaled for the replicas and the generator's optimizer
-    (loss scaling); and the classifier's state after the meta pass."""
-    meta_logits, meta_state = classifier_logits(model.classifier, fast_weights, state, x_meta)
+def meta_loss(classifier, optimizer, fast_weights, state, x_meta, y_meta):
+    """The meta loss at θ̂; its share scaled for the replicas and for `optimizer`, the meta
+    learner's (loss scaling); and the classifier's state after the meta pass."""
+    meta_logits, meta_state = classifier_logits(classifier, fast_weights, state, x_meta)
     loss = losses.meta_loss(y_meta, meta_logits)
-    scaled = model.generator_optimizer.scale_loss(distribute.scale_for_replicas(loss))
+    scaled = optimizer.scale_loss(distribute.scale_for_replicas(loss))
     return loss, scaled, meta_state
 
 
@@ -156,8 +156,10 @@ def nested_tapes(model, generator_inputs, batch, theta, state, virtual_indices, 
             virtual_indices, model.virtual_lr, global_batch,
         )  # fmt: skip
         # Meta loss on the clean batch; the virtual pass's BN updates are discarded
-        loss, scaled, meta_state = meta_loss(model, step.fast_weights, step.new_state,
-                                             batch.x_meta, batch.y_meta)  # fmt: skip
+        loss, scaled, meta_state = meta_loss(
+            model.classifier, model.generator_optimizer, step.fast_weights, step.new_state,
+            batch.x_meta, batch.y_meta,
+        )  # fmt: skip
     generator_grads = meta_tape.gradient(scaled, model.label_generator.trainable_variables)
     new_state = state_after_step(model.classifier, step.new_state, meta_state)
     return MetaStep(step, soft_labels, loss, generator_grads, new_state)
@@ -181,8 +183,10 @@ def forward_mode(model, generator_inputs, batch, theta, state, virtual_indices, 
     virtual_fast_weights = [step.fast_weights[index] for index in virtual_indices]
     with tf.GradientTape() as fast_tape:
         fast_tape.watch(virtual_fast_weights)
-        loss, scaled, meta_state = meta_loss(model, step.fast_weights, step.new_state,
-                                             batch.x_meta, batch.y_meta)  # fmt: skip
+        loss, scaled, meta_state = meta_loss(
+            model.classifier, model.generator_optimizer, step.fast_weights, step.new_state,
+            batch.x_meta, batch.y_meta,
+        )  # fmt: skip
     meta_grads = fast_tape.gradient(scaled, virtual_fast_weights)
     if global_batch:
         # θ̂ is shared by the replicas: the meta loss of every replica moves it.

@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from mln_tf import callbacks as callbacks_lib
-from mln_tf import distribute, keras_compat, losses, meta_gradient, random_state, training_batch
+from mln_tf import distribute, keras_compat, meta_gradient, random_state, training_batch
 from mln_tf.optimizers import CoupledSGD, paper_generator_optimizer
 
 # The authors' optimizers: SGD(0.1, momentum 0.9, weight decay 5e-4) for the classifier
@@ -370,13 +370,10 @@ class MetaWeightNet(keras.Model):
                 moved, self._virtual_learning_rate(trainable[moved[0]].dtype), global_batch,
             )  # fmt: skip
             # Meta loss on the clean batch; the virtual pass's BN updates are discarded
-            meta_logits, _ = meta_gradient.classifier_logits(
-                self.classifier, step.fast_weights, step.new_state, batch.x_meta
-            )
-            meta_loss = losses.meta_loss(batch.y_meta, meta_logits)
-            scaled_meta_loss = self.weight_net_optimizer.scale_loss(
-                distribute.scale_for_replicas(meta_loss)
-            )
+            meta_loss, scaled_meta_loss, meta_state = meta_gradient.meta_loss(
+                self.classifier, self.weight_net_optimizer, step.fast_weights, step.new_state,
+                batch.x_meta, batch.y_meta,
+            )  # fmt: skip
         weight_net_grads = meta_tape.gradient(scaled_meta_loss, self.weight_net.trainable_variables)
         labels_ok = distribute.on_all_replicas(
             training_batch.labels_in_range(batch, self.num_classes)
@@ -395,7 +392,9 @@ class MetaWeightNet(keras.Model):
         # virtual step's forward pass
         loss, weights, classifier_grads = self._classifier_gradients(step, batch.y, theta)
         step_ok = tf.logical_and(step_ok, distribute.on_all_replicas(tf.math.is_finite(loss)))
-        distribute.run_if(step_ok, self._update_classifier, classifier_grads, step.new_state)
+        # Fresh dropout masks next step: the meta pass's random draws are kept too
+        new_state = meta_gradient.state_after_step(self.classifier, step.new_state, meta_state)
+        distribute.run_if(step_ok, self._update_classifier, classifier_grads, new_state)
 
         return self._update_metrics(batch, loss, meta_loss, weights, labels_ok, step_ok)
 
