@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from mln_tf import clean_baselines, losses
+from mln_tf import data as mln_data
 from mln_tf.clean_baselines import (
     FINE_TUNE_GRID,
     NoisyPlusClean,
@@ -449,3 +450,38 @@ def test_docstring_examples():
         optionflags=doctest.ELLIPSIS,
     )
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_gold_transition_matrix_takes_a_dataset_of_images():
+    classifier = _linear_classifier()
+    images, labels = _separable_data(9, seed=2)
+    from_arrays = gold_transition_matrix(classifier, images, labels, NUM_CLASSES)
+    dataset = tf.data.Dataset.from_tensor_slices(images).batch(4)
+
+    from_dataset = gold_transition_matrix(classifier, dataset, labels, NUM_CLASSES)
+
+    np.testing.assert_allclose(from_dataset, from_arrays, rtol=1e-6)
+
+
+def test_fit_on_with_meta_batches_and_validation():
+    images, labels = _separable_data(40, seed=0)
+    noisy_labels = np.where(np.arange(40) % 4 == 0, (labels + 1) % NUM_CLASSES, labels)
+    meta_images, meta_labels = _separable_data(12, seed=1)
+    batches = mln_data.with_meta(
+        tf.data.Dataset.from_tensor_slices((images, noisy_labels)),
+        tf.data.Dataset.from_tensor_slices((meta_images, meta_labels)),
+        batch_size=8,
+        seed=0,
+    )
+    validation = tf.data.Dataset.from_tensor_slices((images, labels)).batch(20)
+    model = NoisyPlusClean(_linear_classifier())
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+
+    history = model.fit(batches, validation_data=validation, epochs=3, shuffle=False, verbose=0)
+
+    assert sorted(history.history) == [
+        "clean_loss", "loss", "noisy_loss", "val_accuracy", "val_loss",
+    ]  # fmt: skip
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    accuracy = _accuracy(model.classifier, images, labels)
+    assert history.history["val_accuracy"][-1] == pytest.approx(accuracy, abs=1e-6)
