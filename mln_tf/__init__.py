@@ -2,6 +2,7 @@
 
 from mln_tf import (
     classifiers,
+    clean_baselines,
     data,
     distribute,
     losses,
@@ -23,6 +24,7 @@ __all__ = [
     "MetaWeightNet",
     "NonFiniteLossError",
     "classifiers",
+    "clean_baselines",
     "data",
     "distribute",
     "losses",
