@@ -111,7 +111,20 @@ def start_meta_stage(model, warmed_classifier):
     if hasattr(model, "refresh_feature_extractor"):
         model.refresh_feature_extractor()
         model.initialize_label_generator()
-    source, target = warmed_classifier.optimizer, model.optimizer
+    continue_optimizer(warmed_classifier.optimizer, model.optimizer)
+
+
+def continue_optimizer(source, target):
+    """Copies an optimizer's state (SGD's momentum and step count) into another one.
+
+    Args:
+        source: the warm-up's optimizer, or `None` (nothing to copy).
+        target: the next stage's optimizer, of the same class, built over the same
+            classifier's variables; or `None`.
+
+    Raises:
+        ValueError: if the two optimizers' states do not match.
+    """
     if source is None or target is None:
         return
     source_shapes = [tuple(variable.shape) for variable in source.variables]
@@ -119,7 +132,7 @@ def start_meta_stage(model, warmed_classifier):
     if type(source) is not type(target) or source_shapes != target_shapes:
         raise ValueError(
             f"The warm-up's optimizer ({type(source).__name__}, {len(source_shapes)} "
-            f"variables) cannot continue in MetaLabelNet's ({type(target).__name__}, "
+            f"variables) cannot continue in the next stage's ({type(target).__name__}, "
             f"{len(target_shapes)} variables): compile both with the same optimizer class "
             "over the same classifier."
         )
