@@ -2,8 +2,11 @@
 
 Each cell of the grid is one `mln_tf.train.run` in its own folder under `--out`, so an
 interrupted grid resumes: finished cells are read back, unfinished ones resume from their
-last epoch. The table gives, per setting and method, the mean and the spread (sample
-standard deviation, and min–max) over seeds of the best-on-meta test accuracy.
+last epoch. Each method's epoch is selected on the clean validation split (disjoint from the
+meta set) among the warm-up's last epoch and its own. The table gives, per setting and
+method, the mean and sample standard deviation over seeds of the test accuracy at that
+epoch and at the final epoch, and the paired difference to cross-entropy: the mean and
+standard deviation of the per-seed differences (same seed, same warm-up, same data).
 
 Usage:
 
@@ -13,8 +16,8 @@ Usage:
         --set virtual_lr=0.5 --out benchmarks/results/alpha_0.5   # an ablation
 
 `--last-epoch N` tabulates a finished grid as if the meta stage had ended at epoch N: every method
-is selected on the clean meta set among its epochs up to N. That is exactly a shorter run,
-since no epoch depends on the epochs after it (the learning rate follows the epoch number).
+is selected on the clean validation split among its epochs up to N. That is exactly a shorter
+run, since no epoch depends on the epochs after it (the learning rate follows the epoch number).
 
 An ablation that changes MetaLabelNet's options only can take the cross-entropy baseline
 from an earlier grid with `--baselines-from`: that stage depends on the warm-up's settings
@@ -37,6 +40,10 @@ from mln_tf import options, train  # noqa: E402
 from mln_tf.report import METHOD_NAMES  # noqa: E402
 
 DEFAULT_SETTINGS = ("feature_dependent:0.4", "symmetric:0.4", "symmetric:0.8", "pair:0.45")
+DEFAULT_SEEDS = (0, 1, 2)
+# The two test accuracies of each method that the grid tabulates (`mln_tf.train.select_epochs`).
+ACCURACY_KEYS = ("test_accuracy_best_on_validation", "test_accuracy_final")
+BASELINE_METHOD = "cross_entropy"
 # The settings that decide the cross-entropy baseline's result.
 BASELINE_FIELDS = (*train.WARM_UP_FIELDS, "meta_epochs")
 
@@ -64,6 +71,8 @@ def parse_override(text):
         )
     if name in options.NAMES:
         default = getattr(options.RECOMMENDED, name)
+    elif name in ("meta_size", "validation_size"):
+        default = 0  # `None` stands for the dataset's default: the value is an int
     else:
         default = getattr(train.TrainConfig(), name)
     if isinstance(default, bool):
@@ -104,22 +113,48 @@ def copy_baseline(source_folder, folder, config):
                     dirs_exist_ok=True)  # fmt: skip
 
 
-def best_on_meta_up_to(folder, methods, last_epoch):
-    """`{method: test accuracy}` at each method's best-on-meta epoch up to `last_epoch`,
-    from the stage histories of the cell (the first best epoch, as `mln_tf.train` picks)."""
-    best = {}
-    for method in methods:
+def read_cell(folder):
+    """The `results.json` of a finished cell, checked to hold the validation-selected keys.
+
+    Raises:
+        ValueError: for a cell run before selection moved to the clean validation split.
+    """
+    with open(os.path.join(folder, "results.json")) as f:
+        results = json.load(f)
+    for method, result in results["methods"].items():
+        missing = [key for key in ACCURACY_KEYS if key not in result]
+        if missing:
+            raise ValueError(
+                f"The cell {folder!r} was run before model selection moved to the clean "
+                f"validation split: its results.json has no {', '.join(missing)} for "
+                f"{method!r} (it selected epochs on the meta set). Tabulate it with an older "
+                "release, or move it away (or pass another --out) to run it again."
+            )
+    return results
+
+
+def selected_up_to(folder, results, last_epoch):
+    """Each method's selection among the epochs up to `last_epoch`, as a shorter run makes
+    it: from the warm-up's last epoch (in `results`) and the cell's stage histories."""
+    warm_up = results["warm_up"]
+    warm_up_history = {}
+    if warm_up["epochs"]:
+        warm_up_history = {"epoch": [warm_up["epochs"]],
+                           "validation_accuracy": [warm_up["validation_accuracy"]],
+                           "test_accuracy": [warm_up["test_accuracy"]]}  # fmt: skip
+    histories = {}
+    for method in results["methods"]:
         with open(os.path.join(folder, "stages", method, "state.json")) as f:
-            history = json.load(f)["history"]
-        kept = [i for i, epoch in enumerate(history["epoch"]) if epoch <= last_epoch]
-        chosen = max(kept, key=lambda i: (history["meta_accuracy"][i], -i))
-        best[method] = history["test_accuracy"][chosen]
-    return best
+            histories[method] = json.load(f)["history"]
+    return train.select_epochs(warm_up_history, histories, last_epoch=last_epoch)
 
 
 def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
              clean_reference=False, baselines_from=None, last_epoch=None):  # fmt: skip
-    """Runs (or reads back) every cell; returns `{setting: {method: [accuracy per seed]}}`.
+    """Runs (or reads back) every cell.
+
+    Returns `{setting: {method: {"seeds": [...], key: [value per seed]}}}` for each key of
+    `ACCURACY_KEYS`.
 
     With `clean_reference`, cross-entropy on the true labels is trained in the first
     setting's cells only and reported for every setting: the split of the training images,
@@ -138,8 +173,7 @@ def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
             folder = os.path.join(out_dir, f"{noise}_{rate:g}_seed{seed}")
             results_path = os.path.join(folder, "results.json")
             if os.path.exists(results_path):
-                with open(results_path) as f:
-                    results = json.load(f)
+                results = read_cell(folder)
             else:
                 fields = dict(noise=noise, rate=rate, seed=seed, **cell_overrides)
                 config = train.TrainConfig.from_settings(preset=preset, **fields)
@@ -148,10 +182,7 @@ def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
                                   folder, config)  # fmt: skip
                 print(f"[{key}, seed {seed}] {folder}", flush=True)
                 results = train.run(config, folder, verbose=verbose)
-            accuracies = {
-                method: result["test_accuracy_best_on_meta"]
-                for method, result in results["methods"].items()
-            }
+            selected = results["methods"]
             if last_epoch is not None:
                 with open(os.path.join(folder, "config.json")) as f:
                     stages = json.load(f)
@@ -162,9 +193,13 @@ def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
                         f"--last-epoch {last_epoch} is not an epoch of the meta stage in "
                         f"{folder!r}, which ran epochs {first + 1}–{last}."
                     )
-                accuracies = best_on_meta_up_to(folder, accuracies, last_epoch)
-            for method, accuracy in accuracies.items():
-                table[key].setdefault(method, []).append(accuracy)
+                selected = selected_up_to(folder, results, last_epoch)
+            for method, result in selected.items():
+                empty = {"seeds": [], **{name: [] for name in ACCURACY_KEYS}}
+                runs = table[key].setdefault(method, empty)
+                runs["seeds"].append(seed)
+                for accuracy_key in ACCURACY_KEYS:
+                    runs[accuracy_key].append(result[accuracy_key])
     if clean_reference:
         first = next(iter(table.values()))
         for methods in table.values():
@@ -172,49 +207,76 @@ def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
     return table
 
 
+def describe(values):
+    """Mean, sample standard deviation, min and max of values in [0, 1], in percent."""
+    percent = [100 * value for value in values]
+    return {
+        "mean": statistics.fmean(percent),
+        "std": statistics.stdev(percent) if len(percent) > 1 else 0.0,
+        "min": min(percent),
+        "max": max(percent),
+        "runs": len(percent),
+    }
+
+
 def summarize(table):
-    """Mean, sample standard deviation, min and max of each cell, in percent."""
+    """Per setting and method: `describe` of each accuracy over seeds, and of its paired
+    per-seed difference to cross-entropy (`difference_to_cross_entropy`)."""
     summary = {}
     for setting, methods in table.items():
         summary[setting] = {}
-        for method, values in methods.items():
-            percent = [100 * value for value in values]
-            summary[setting][method] = {
-                "mean": statistics.fmean(percent),
-                "std": statistics.stdev(percent) if len(percent) > 1 else 0.0,
-                "min": min(percent),
-                "max": max(percent),
-                "runs": len(percent),
-            }
+        baseline = methods.get(BASELINE_METHOD)
+        for method, runs in methods.items():
+            cell = {key: describe(runs[key]) for key in ACCURACY_KEYS}
+            if baseline is not None and method != BASELINE_METHOD:
+                by_seed = {key: dict(zip(baseline["seeds"], baseline[key], strict=True))
+                           for key in ACCURACY_KEYS}  # fmt: skip
+                cell["difference_to_cross_entropy"] = {
+                    key: describe([value - by_seed[key][seed] for seed, value
+                                   in zip(runs["seeds"], runs[key], strict=True)])
+                    for key in ACCURACY_KEYS
+                }  # fmt: skip
+            summary[setting][method] = cell
     return summary
 
 
 def format_markdown(summary, command):
-    methods = list(dict.fromkeys(m for cells in summary.values() for m in cells))
     lines = [
         f"`{command}`",
         "",
-        "Test accuracy (%) at the epoch of best clean-meta accuracy: mean ± sample standard "
-        "deviation over seeds [min–max].",
+        "Test accuracy (%) at the epoch of best accuracy on the clean validation split "
+        "(disjoint from the meta set; candidates: the warm-up's last epoch and the method's "
+        "own), and at the final epoch: mean ± sample standard deviation over seeds. Δ: the "
+        "paired difference to cross-entropy (same seed, same warm-up): mean ± sample standard "
+        "deviation of the per-seed differences, in points.",
         "",
-        "| setting | " + " | ".join(METHOD_NAMES.get(m, m) for m in methods) + " |",
-        "|---|" + "---|" * len(methods),
+        "| setting | method | best on validation | Δ | final | Δ | seeds |",
+        "|---|---|---|---|---|---|---|",
     ]
+
+    def spread(stats, sign=""):
+        return f"{stats['mean']:{sign}.2f} ± {stats['std']:.2f}"
+
     for setting, cells in summary.items():
-        row = [
-            f"{cells[m]['mean']:.2f} ± {cells[m]['std']:.2f} [{cells[m]['min']:.2f}–"
-            f"{cells[m]['max']:.2f}]" if m in cells else ""
-            for m in methods
-        ]
-        lines.append(f"| {setting} | " + " | ".join(row) + " |")
+        for method, cell in cells.items():
+            difference = cell.get("difference_to_cross_entropy")
+            best_difference = spread(difference[ACCURACY_KEYS[0]], "+") if difference else ""
+            final_difference = spread(difference[ACCURACY_KEYS[1]], "+") if difference else ""
+            lines.append(
+                f"| {setting} | {METHOD_NAMES.get(method, method)} | "
+                f"{spread(cell[ACCURACY_KEYS[0]])} | {best_difference} | "
+                f"{spread(cell[ACCURACY_KEYS[1]])} | {final_difference} | "
+                f"{cell[ACCURACY_KEYS[0]]['runs']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
+def build_parser():
+    """The command line's parser."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", type=parse_setting,
                         default=[parse_setting(s) for s in DEFAULT_SETTINGS])  # fmt: skip
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
     parser.add_argument("--preset", choices=list(train.PRESETS),
                         help="start every cell from a preset, e.g. paper")  # fmt: skip
     parser.add_argument("--with-clean-reference", dest="clean_reference", action="store_true",
@@ -227,7 +289,11 @@ def main(argv=None):
                         help="select each method among its epochs up to this one")  # fmt: skip
     parser.add_argument("--out", default=os.path.join("benchmarks", "results", "accuracy"))
     parser.add_argument("--verbose", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     table = run_grid(args.settings, args.seeds, args.out, dict(args.overrides), args.verbose,
                      args.preset, args.clean_reference, args.baselines_from,

@@ -10,6 +10,7 @@ import sys
 import warnings
 
 from mln_tf import classifiers, noise
+from mln_tf import data as mln_data
 from mln_tf import options as options_lib
 from mln_tf.train import run
 from mln_tf.train_config import DATASETS, DEPRECATED_FIELDS, LABEL_SETS, PRESETS, TrainConfig
@@ -45,6 +46,10 @@ def build_parser():
          + " (default: the first)")  # fmt: skip
     data("--meta-size", dest="meta_size", type=int,
          help="clean meta images (default: 1000, 100 for digits)")  # fmt: skip
+    data("--validation-size", dest="validation_size", type=int,
+         help="clean validation images, disjoint from the meta set, that select each "
+         f"method's epoch (default: {mln_data.DEFAULT_VALIDATION_SIZE}, "
+         f"{mln_data.DEFAULT_VALIDATION_SIZES['digits']} for digits)")  # fmt: skip
     data("--max-train-examples", dest="max_train_examples", type=int,
          help="train on the first N noisy examples only")  # fmt: skip
 

@@ -48,7 +48,8 @@ def _describe_meta_label_net(config):
 
 
 def format_report(config, results):
-    """The markdown report: test accuracy of each method, best-on-meta and final epoch."""
+    """The markdown report: test accuracy of each method, best-on-validation and final epoch,
+    and its difference to cross-entropy's in the same run."""
     if config.label_set is not None:
         noise = f"human noise, label set {config.label_set!r}"
     else:
@@ -56,26 +57,36 @@ def format_report(config, results):
     warm_up = results["warm_up"]
     lines = [
         f"# {config.dataset}, {noise} (measured {results['noise_rate']:.3f})"
-        f", {config.meta_size} clean meta images",
+        f", {config.meta_size} clean meta images, {config.validation_size} clean validation "
+        "images",
         "",
         f"Warm-up {config.warmup_epochs} epochs"
         f"{' (reused from the cache)' if warm_up['cached'] else ''}"
         f", then {config.meta_epochs} meta-stage epochs, batch {config.batch_size}, "
         f"seed {config.seed}. "
-        f"Model selection: the epoch with the {results['model_selection']}; the final epoch "
-        "is shown too. The test set is used for reporting only.",
+        f"Model selection: the epoch with the {results['model_selection']}, among the "
+        "warm-up's last epoch and the method's own; the final epoch is shown too. The "
+        "validation split is disjoint from the meta set; the test set is used for reporting "
+        "only. Δ: the difference to cross-entropy in this run, in points.",
         "",
         _describe_meta_label_net(config),
         "",
-        "| method | test accuracy (best on meta) | best epoch | test accuracy (final) | "
-        "s per epoch |",
-        "|---|---|---|---|---|",
+        "| method | test accuracy (best on validation) | Δ | validation accuracy | "
+        "chosen epoch | test accuracy (final) | Δ | s per epoch |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    baseline = results["methods"].get("cross_entropy")
     for method, result in results["methods"].items():
+        best, final = result["test_accuracy_best_on_validation"], result["test_accuracy_final"]
+        if baseline is None:
+            best_difference = final_difference = ""
+        else:
+            best_difference = _points(best - baseline["test_accuracy_best_on_validation"])
+            final_difference = _points(final - baseline["test_accuracy_final"])
         lines.append(
-            f"| {METHOD_NAMES.get(method, method)} | "
-            f"{100 * result['test_accuracy_best_on_meta']:.2f} | {result['best_epoch']} | "
-            f"{100 * result['test_accuracy_final']:.2f} | {result['seconds_per_epoch']:.0f} |"
+            f"| {METHOD_NAMES.get(method, method)} | {100 * best:.2f} | {best_difference} | "
+            f"{100 * result['validation_accuracy']:.2f} | {result['best_epoch']} | "
+            f"{100 * final:.2f} | {final_difference} | {result['seconds_per_epoch']:.0f} |"
         )
     lines.append("")
     if warm_up["test_accuracy"] is not None:
@@ -88,6 +99,11 @@ def format_report(config, results):
             f"class to {100 * after:.1f} % after the meta stage ({100 * before:.1f} % before)."
         )
     return "\n".join(lines) + "\n"
+
+
+def _points(difference):
+    """A difference of accuracies, in percentage points with its sign."""
+    return f"{100 * difference:+.2f}"
 
 
 def plot_test_accuracy(path, results, histories, warm_up_history):
@@ -106,12 +122,12 @@ def plot_test_accuracy(path, results, histories, warm_up_history):
         (line,) = axes.plot(epochs, accuracy, style, marker="o",
                             label=METHOD_NAMES.get(method, method))  # fmt: skip
         best = results["methods"][method]
-        axes.plot(best["best_epoch"], 100 * best["test_accuracy_best_on_meta"], marker="*",
+        axes.plot(best["best_epoch"], 100 * best["test_accuracy_best_on_validation"], marker="*",
                   markersize=14, color=line.get_color())  # fmt: skip
     axes.set_xlabel("epoch")
     axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes.set_ylabel("test accuracy (%)")
-    axes.set_title("Test accuracy per epoch (★: selected on the clean meta set)")
+    axes.set_title("Test accuracy per epoch (★: selected on the clean validation split)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     _save(figure, path)

@@ -10,9 +10,12 @@ order (`mln_tf.schedule`):
 - with `baselines=True`, the loss-based baselines of `mln_tf.losses`;
 - with `clean_reference=True`, cross-entropy on the true labels for all epochs, from scratch.
 
-After every epoch each method is evaluated on the clean meta set (for model selection, as in
-the paper) and on the test set (for reporting only), and a resumable checkpoint is written:
-running the same command again resumes an interrupted run.
+After every epoch each method is evaluated on the clean validation set (for model
+selection), on the clean meta set (a diagnostic: the method learns from it) and on the test
+set (for reporting only), and a resumable checkpoint is written: running the same command
+again resumes an interrupted run. Each method keeps the epoch of best validation accuracy
+among its candidates: the warm-up's last epoch, which every method continuing from it
+shares, and each of its own epochs.
 """
 
 import dataclasses
@@ -50,6 +53,7 @@ METHOD_LOSSES = {
     ),
 }
 BASELINES = tuple(name for name in METHOD_LOSSES if name != "cross_entropy")
+MODEL_SELECTION = "best accuracy on the clean validation split"
 
 
 @dataclasses.dataclass
@@ -107,6 +111,7 @@ def run(config, out_dir, verbose=1):
         train=train,
         steps_per_epoch=num_train // config.batch_size,
         evaluation={
+            "validation": mln_data.batched(data.validation, eval_batch),
             "meta": mln_data.batched(data.meta, eval_batch),
             "test": mln_data.batched(data.test, eval_batch),
         },
@@ -126,6 +131,7 @@ def run(config, out_dir, verbose=1):
         histories["clean_reference"] = _clean_reference_stage(session)
 
     results = _results(session, warm_up_history, warm_up_cached, histories, label_correction)
+    results["methods"] = select_epochs(warm_up_history, histories)
     report.write_history(os.path.join(out_dir, "history.csv"), warm_up_history, histories)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -133,7 +139,7 @@ def run(config, out_dir, verbose=1):
                               warm_up_history)  # fmt: skip
     report.plot_confusion_matrices(
         os.path.join(out_dir, "confusion_matrix.png"),
-        {method: _confusion_matrix(session, method, results) for method in
+        {method: _confusion_matrix(session, method, results, warm_up_dir) for method in
          ("cross_entropy", "meta_label_net")},
         data.class_names,
     )  # fmt: skip
@@ -149,24 +155,26 @@ def run(config, out_dir, verbose=1):
 
 
 def load_data(config):
-    """Loads the configured dataset with its noise and meta set, as a `NoisyData`."""
+    """Loads the configured dataset with its noise, meta and validation sets (`NoisyData`)."""
     if config.dataset in SYNTHETIC_DATASETS:
         return mln_data.load_noisy(
             config.dataset,
             noise=config.noise,
             rate=config.rate,
             meta_size=config.meta_size,
+            validation_size=config.validation_size,
             seed=config.seed,
             data_dir=config.data_dir,
         )
     if config.dataset == "cifar10_n":
         return mln_data.load_cifar10_n(
-            label=config.label_set, meta_size=config.meta_size, seed=config.seed,
-            data_dir=config.data_dir,
+            label=config.label_set, meta_size=config.meta_size,
+            validation_size=config.validation_size, seed=config.seed, data_dir=config.data_dir,
         )  # fmt: skip
     return mln_data.load_cifar100_n(
-        meta_size=config.meta_size, seed=config.seed, data_dir=config.data_dir
-    )
+        meta_size=config.meta_size, validation_size=config.validation_size, seed=config.seed,
+        data_dir=config.data_dir,
+    )  # fmt: skip
 
 
 def build_classifier(config, data, loss, strategy=None):
@@ -222,9 +230,12 @@ def _warm_up(session):
         EpochCheckpoint(stage_dir).save(classifier, epoch=0)
         history = {}
     else:
+        # Its test predictions are kept (and cached) too: its last epoch is a candidate.
+        os.makedirs(stage_dir, exist_ok=True)
         history = _fit_stage(session, "warm_up", classifier, session.train, 0,
                              config.warmup_epochs,
-                             EvaluateEachEpoch(classifier, session.evaluation))  # fmt: skip
+                             EvaluateEachEpoch(classifier, session.evaluation,
+                                               stage_dir))  # fmt: skip
     if not config.warm_up_cache:
         return stage_dir, history, False
     # Publish the finished warm-up atomically, for every later run with these settings.
@@ -361,24 +372,16 @@ def _results(session, warm_up_history, warm_up_cached, histories, label_correcti
     results = {
         "dataset": config.dataset,
         "noise_rate": session.data.noise_rate,
-        "model_selection": "best accuracy on the clean meta set",
+        "model_selection": MODEL_SELECTION,
         "warm_up": {
             "epochs": config.warmup_epochs,
             "cached": warm_up_cached,
             "test_accuracy": (warm_up_history.get("test_accuracy") or [None])[-1],
+            "validation_accuracy": (warm_up_history.get("validation_accuracy") or [None])[-1],
             "seconds": float(sum(warm_up_history.get("epoch_seconds", []))),
         },
         "methods": {},
     }
-    for method, logs in histories.items():
-        best = int(np.argmax(logs["meta_accuracy"]))
-        results["methods"][method] = {
-            "test_accuracy_best_on_meta": logs["test_accuracy"][best],
-            "best_epoch": logs["epoch"][best],
-            "test_accuracy_final": logs["test_accuracy"][-1],
-            "final_epoch": logs["epoch"][-1],
-            "seconds_per_epoch": float(np.mean(logs["epoch_seconds"])),
-        }
     if label_correction is not None:
         logs = histories["meta_label_net"]
         results["label_correction"] = {
@@ -388,10 +391,75 @@ def _results(session, warm_up_history, warm_up_cached, histories, label_correcti
     return results
 
 
-def _confusion_matrix(session, method, results):
+def select_epochs(warm_up_history, histories, last_epoch=None):
+    """Each method's epoch of best accuracy on the clean validation set, and its final one.
+
+    A method that continues from the warm-up has as candidates the warm-up's last epoch
+    (its starting point, shared by all of them) and each of its own epochs; the clean
+    reference, trained from scratch, has its own epochs only. Among equal validation
+    accuracies the earliest epoch wins.
+
+    Args:
+        warm_up_history: dict of the warm-up's per-epoch logs (`epoch`,
+            `validation_accuracy`, `test_accuracy`); empty without warm-up epochs.
+        histories: dict of method name to its per-epoch logs, which also hold
+            `epoch_seconds`.
+        last_epoch: optional int: select among the epochs up to this one, as if the run
+            had ended there. Defaults to `None`, all epochs.
+
+    Returns:
+        A dict of method name to `{"test_accuracy_best_on_validation",
+        "validation_accuracy", "best_epoch", "test_accuracy_final", "final_epoch",
+        "seconds_per_epoch"}`.
+
+    Example:
+
+    >>> warm_up = {"epoch": [1], "validation_accuracy": [0.6], "test_accuracy": [0.55]}
+    >>> method = {"epoch": [2, 3], "validation_accuracy": [0.5, 0.7],
+    ...           "test_accuracy": [0.45, 0.65], "epoch_seconds": [1.0, 1.0]}
+    >>> selected = select_epochs(warm_up, {"cross_entropy": method})["cross_entropy"]
+    >>> selected["best_epoch"], selected["test_accuracy_best_on_validation"]
+    (3, 0.65)
+    """
+    selected = {}
+    for method, logs in histories.items():
+        if "validation_accuracy" not in logs:
+            raise ValueError(
+                f"The history of {method!r} has no `validation_accuracy`: it was trained "
+                "before model selection moved to the clean validation set. Train it again "
+                "(with a new output folder)."
+            )
+        keep = [i for i, epoch in enumerate(logs["epoch"])
+                if last_epoch is None or epoch <= last_epoch]  # fmt: skip
+        if not keep:
+            raise ValueError(
+                f"Invalid value for argument `last_epoch`. Received: last_epoch={last_epoch}. "
+                f"Expected at least the first epoch of {method!r}, {logs['epoch'][0]}."
+            )
+        candidates = [(logs["epoch"][i], logs["validation_accuracy"][i],
+                       logs["test_accuracy"][i]) for i in keep]  # fmt: skip
+        if method != "clean_reference" and warm_up_history.get("epoch"):
+            candidates.insert(0, (warm_up_history["epoch"][-1],
+                                  warm_up_history["validation_accuracy"][-1],
+                                  warm_up_history["test_accuracy"][-1]))  # fmt: skip
+        best = int(np.argmax([validation for _, validation, _ in candidates]))
+        selected[method] = {
+            "test_accuracy_best_on_validation": candidates[best][2],
+            "validation_accuracy": candidates[best][1],
+            "best_epoch": candidates[best][0],
+            "test_accuracy_final": candidates[-1][2],
+            "final_epoch": candidates[-1][0],
+            "seconds_per_epoch": float(np.mean([logs["epoch_seconds"][i] for i in keep])),
+        }
+    return selected
+
+
+def _confusion_matrix(session, method, results, warm_up_dir):
     epoch = results["methods"][method]["best_epoch"]
-    path = os.path.join(session.out_dir, "stages", method, f"test_predictions_epoch{epoch}.npy")
-    predictions = np.load(path)
+    stage_dir = os.path.join(session.out_dir, "stages", method)
+    if method != "clean_reference" and epoch <= session.config.warmup_epochs:
+        stage_dir = warm_up_dir  # the warm-up's last epoch was selected
+    predictions = np.load(os.path.join(stage_dir, f"test_predictions_epoch{epoch}.npy"))
     labels = session.data.test_labels if session.data.source is not None else np.concatenate(
         [y for _, y in session.evaluation["test"].as_numpy_iterator()]
     )

@@ -38,7 +38,8 @@ PRESETS = {
 # The fields that decide the warm-up's result, and so its cache key, besides the versions
 # and the classifier's architecture (`TrainConfig.warm_up_key`).
 WARM_UP_FIELDS = (
-    "dataset", "noise", "rate", "label_set", "meta_size", "architecture", "backbone_weights",
+    "dataset", "noise", "rate", "label_set", "meta_size", "validation_size", "architecture",
+    "backbone_weights",
     "warmup_epochs", "batch_size", "learning_rates", "lr_boundaries", "seed",
     "max_train_examples", "data_dir", "deterministic", "strategy", "devices",
 )  # fmt: skip
@@ -60,6 +61,10 @@ class TrainConfig:
             CIFAR-10N's `"aggre"`, `"worse"`, `"random1"`…). Defaults to `None`, the first.
         meta_size: optional int, the size of the clean meta set. Defaults to `None`, the
             dataset's default: 1,000, or 100 for the 1,437 training images of `"digits"`.
+        validation_size: optional int, the size of the clean validation set, disjoint from
+            the meta set, that alone selects each method's epoch (at least the number of
+            classes). Defaults to `None`, the dataset's default: 500, or 100 for
+            `"digits"`.
         architecture: str, a key of `mln_tf.classifiers.ARCHITECTURES`. Defaults to
             `"fashion_cnn"`.
         backbone_weights: optional path of pre-trained backbone weights (ResNet-50 and
@@ -100,6 +105,7 @@ class TrainConfig:
     rate: float | None = 0.4
     label_set: str | None = None
     meta_size: int | None = None
+    validation_size: int | None = None
     architecture: str = "fashion_cnn"
     backbone_weights: str | None = None
     warmup_epochs: int = 3
@@ -193,6 +199,19 @@ class TrainConfig:
             )
         if self.meta_size is None:
             self.meta_size = mln_data.default_meta_size(self.dataset)
+        if self.validation_size is None:
+            self.validation_size = mln_data.default_validation_size(self.dataset)
+        if (
+            not isinstance(self.validation_size, int)
+            or isinstance(self.validation_size, bool)
+            or self.validation_size < 1
+        ):
+            raise ValueError(
+                f"Invalid value for argument `validation_size`. Received: validation_size="
+                f"{self.validation_size!r}. Expected a positive integer: each method's epoch "
+                "is selected on the clean validation set, never on the meta set it learns "
+                "from nor on the test set."
+            )
         if self.dataset in SYNTHETIC_DATASETS:
             if self.label_set is not None:
                 raise ValueError(

@@ -8,7 +8,7 @@ the same schedule as the main job (`mln_tf.schedule`). The MetaLabelNet options 
 `mln_tf.options.RECOMMENDED`, as the main job's do.
 The objective must be a metric of a clean validation split that is neither the meta set nor
 the test split, for example `kt.Objective("val_accuracy", "max")` with `validation_data=`
-from `mln_tf.data.split_validation`.
+the data's clean validation set, `NoisyData.validation` (`validation_size` of `load_noisy`).
 
 Example:
 
@@ -17,13 +17,13 @@ import keras_tuner as kt
 import mln_tf
 from mln_tf.tuner import MetaLabelNetHyperModel
 
-data = mln_tf.data.load_noisy("digits", noise="symmetric", rate=0.4, meta_size=200)
-data, validation = mln_tf.data.split_validation(data, 100)
+data = mln_tf.data.load_noisy("digits", noise="symmetric", rate=0.4, meta_size=100,
+                              validation_size=100)
 tuner = kt.RandomSearch(
     MetaLabelNetHyperModel(data.num_classes, data.image_shape),
     objective=kt.Objective("val_accuracy", "max"), max_trials=4)
 tuner.search(mln_tf.data.with_meta(data.train, data.meta, batch_size=32),
-             validation_data=mln_tf.data.batched(validation, 256), epochs=3)
+             validation_data=mln_tf.data.batched(data.validation, 256), epochs=3)
 best_model = tuner.get_best_models()[0]
 ```
 """
@@ -301,7 +301,8 @@ class MetaLabelNetHyperModel(kt.HyperModel):
                 "Invalid value for argument `validation_data`. Received: None. Expected a "
                 "`tf.data.Dataset` of clean `(x, y)` batches, disjoint from the meta set and "
                 "from the test split: the objective is measured on it. "
-                "`mln_tf.data.split_validation` holds one out of the clean examples."
+                "`mln_tf.data.load_noisy` holds one out of the clean training examples: "
+                "`NoisyData.validation`."
             )
         if not isinstance(validation_data, tf.data.Dataset):
             raise kt.errors.FatalTypeError(

@@ -12,7 +12,9 @@ spec = importlib.util.spec_from_file_location("accuracy_benchmark", PATH)
 accuracy = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(accuracy)
 
-TINY = ["dataset=digits", "meta_size=100", "warmup_epochs=1", "meta_epochs=1", "batch_size=32"]
+TINY = ["dataset=digits", "meta_size=100", "validation_size=100", "warmup_epochs=1",
+        "meta_epochs=1", "batch_size=32"]
+KEYS = ("test_accuracy_best_on_validation", "test_accuracy_final")
 
 
 def test_grid_tabulates_the_runs_it_made(tmp_path, monkeypatch):
@@ -23,26 +25,55 @@ def test_grid_tabulates_the_runs_it_made(tmp_path, monkeypatch):
 
     result = json.loads((out / "accuracy.json").read_text())
     runs = result["runs"]["symmetric:0.4"]
-    for seed in (0, 1):
-        cell = json.loads((out / f"symmetric_0.4_seed{seed}" / "results.json").read_text())
-        for method, values in runs.items():
-            assert values[seed] == cell["methods"][method]["test_accuracy_best_on_meta"]
-    summary = result["summary"]["symmetric:0.4"]["meta_label_net"]
-    percent = [100 * v for v in runs["meta_label_net"]]
-    assert summary["mean"] == pytest.approx(statistics.fmean(percent))
-    assert summary["std"] == pytest.approx(statistics.stdev(percent))
+    cells = [json.loads((out / f"symmetric_0.4_seed{seed}" / "results.json").read_text())
+             for seed in (0, 1)]  # fmt: skip
+    for method, values in runs.items():
+        assert values["seeds"] == [0, 1]
+        for key in KEYS:
+            assert values[key] == [cell["methods"][method][key] for cell in cells]
     table = (out / "accuracy.md").read_text()
-    assert f"{summary['mean']:.2f} ± {summary['std']:.2f}" in table
+    summary = result["summary"]["symmetric:0.4"]["meta_label_net"]
+    for key in KEYS:
+        percent = [100 * v for v in runs["meta_label_net"][key]]
+        assert summary[key]["mean"] == pytest.approx(statistics.fmean(percent))
+        assert summary[key]["std"] == pytest.approx(statistics.stdev(percent))
+        # The paired difference: the spread of the per-seed differences, not of the means.
+        differences = [100 * (cell["methods"]["meta_label_net"][key]
+                              - cell["methods"]["cross_entropy"][key]) for cell in cells]
+        paired = summary["difference_to_cross_entropy"][key]
+        assert paired["mean"] == pytest.approx(statistics.fmean(differences))
+        assert paired["std"] == pytest.approx(statistics.stdev(differences))
+    assert "difference_to_cross_entropy" not in result["summary"]["symmetric:0.4"]["cross_entropy"]
+    best, final = summary[KEYS[0]], summary[KEYS[1]]
+    best_difference, final_difference = (summary["difference_to_cross_entropy"][key]
+                                         for key in KEYS)  # fmt: skip
+    assert (
+        f"| symmetric:0.4 | MetaLabelNet | {best['mean']:.2f} ± {best['std']:.2f} | "
+        f"{best_difference['mean']:+.2f} ± {best_difference['std']:.2f} | "
+        f"{final['mean']:.2f} ± {final['std']:.2f} | "
+        f"{final_difference['mean']:+.2f} ± {final_difference['std']:.2f} | 2 |"
+    ) in table
     assert "python benchmarks/accuracy.py --settings symmetric:0.4" in table
+    assert "best accuracy on the clean validation split" in table
 
     # A second call reads the finished cells back instead of training again.
     cell_path = out / "symmetric_0.4_seed0" / "results.json"
     cell = json.loads(cell_path.read_text())
-    cell["methods"]["meta_label_net"]["test_accuracy_best_on_meta"] = 0.125
+    cell["methods"]["meta_label_net"]["test_accuracy_best_on_validation"] = 0.125
     cell_path.write_text(json.dumps(cell))
     accuracy.main(argv)
     again = json.loads((out / "accuracy.json").read_text())["runs"]["symmetric:0.4"]
-    assert again["meta_label_net"] == [0.125, runs["meta_label_net"][1]]
+    assert again["meta_label_net"][KEYS[0]] == [0.125, runs["meta_label_net"][KEYS[0]][1]]
+
+    # A cell from before the validation split is refused with a message, not a KeyError.
+    old = {key: value for key, value in cell["methods"]["meta_label_net"].items()
+           if key != "test_accuracy_best_on_validation"}  # fmt: skip
+    cell["methods"]["meta_label_net"] = {**old, "test_accuracy_best_on_meta": 0.5}
+    cell_path.write_text(json.dumps(cell))
+    with pytest.raises(ValueError, match="run before model selection moved to the clean "
+                       "validation split: its results.json has no "
+                       "test_accuracy_best_on_validation for 'meta_label_net'"):
+        accuracy.main(argv)
 
 
 def test_grid_arguments_are_checked():
@@ -50,6 +81,9 @@ def test_grid_arguments_are_checked():
     assert accuracy.parse_override("virtual_lr=0.5") == ("virtual_lr", 0.5)
     assert accuracy.parse_override("meta_epochs=8") == ("meta_epochs", 8)
     assert accuracy.parse_override("label_trust=10") == ("label_trust", 10.0)
+    assert accuracy.parse_override("validation_size=50") == ("validation_size", 50)
+    assert accuracy.parse_override("meta_size=250") == ("meta_size", 250)
+    assert accuracy.build_parser().get_default("seeds") == [0, 1, 2]
     with pytest.raises(accuracy.argparse.ArgumentTypeError, match="Expected NOISE:RATE"):
         accuracy.parse_setting("symmetric")
     with pytest.raises(accuracy.argparse.ArgumentTypeError, match="with a field of TrainConfig"):
@@ -71,9 +105,9 @@ def test_grid_with_a_preset_and_one_clean_reference_per_seed(tmp_path, monkeypat
     assert (first["clean_reference"], second["clean_reference"]) == (True, False)
     runs = json.loads((out / "accuracy.json").read_text())["runs"]
     cell = json.loads((out / "symmetric_0.4_seed0" / "results.json").read_text())
-    clean = cell["methods"]["clean_reference"]["test_accuracy_best_on_meta"]
+    clean = cell["methods"]["clean_reference"]["test_accuracy_best_on_validation"]
     assert runs["symmetric:0.4"]["clean_reference"] == runs["pair:0.45"]["clean_reference"]
-    assert runs["pair:0.45"]["clean_reference"] == [clean]
+    assert runs["pair:0.45"]["clean_reference"][KEYS[0]] == [clean]
 
 
 def test_an_ablation_takes_the_baseline_from_an_earlier_grid(tmp_path, monkeypatch):
@@ -84,7 +118,7 @@ def test_an_ablation_takes_the_baseline_from_an_earlier_grid(tmp_path, monkeypat
     # Mark the earlier baseline, so that the ablation can only report it by copying it.
     state_path = base / "symmetric_0.4_seed0" / "stages" / "cross_entropy" / "state.json"
     state = json.loads(state_path.read_text())
-    state["history"]["meta_accuracy"][-1] = 1.0
+    state["history"]["validation_accuracy"][-1] = 1.0
     state["history"]["test_accuracy"][-1] = 0.125
     state_path.write_text(json.dumps(state))
 
@@ -95,7 +129,7 @@ def test_an_ablation_takes_the_baseline_from_an_earlier_grid(tmp_path, monkeypat
     assert json.loads((cell / "config.json").read_text())["options"]["entropy_weight"] == 0.5
     assert json.loads((cell / "stages" / "cross_entropy" / "state.json").read_text()) == state
     runs = json.loads((ablation / "accuracy.json").read_text())["runs"]["symmetric:0.4"]
-    assert runs["cross_entropy"] == [0.125]
+    assert runs["cross_entropy"][KEYS[0]] == [0.125]
     assert (cell / "stages" / "meta_label_net" / "state.json").exists()
 
 
@@ -126,6 +160,7 @@ def test_last_epoch_tabulates_exactly_what_a_shorter_run_gives(tmp_path, monkeyp
     short = json.loads((shorter / "accuracy.json").read_text())["runs"]
     assert truncated == short
     assert set(truncated["symmetric:0.4"]) == {"cross_entropy", "meta_label_net"}
+    assert truncated["symmetric:0.4"]["cross_entropy"]["seeds"] == [0]
     # The grid's own table is left as it was.
     full = json.loads((longer / "accuracy.json").read_text())
     assert "--last-epoch" not in full["command"]

@@ -6,8 +6,10 @@ import tensorflow as tf
 
 from mln_tf.data import (
     DEFAULT_META_SIZE,
+    DEFAULT_VALIDATION_SIZE,
     DatasetFilesNotFoundError,
     default_meta_size,
+    default_validation_size,
     load_noisy,
     sources,
     with_meta,
@@ -21,11 +23,18 @@ def as_arrays(dataset):
 
 
 def test_digits_symmetric():
-    data = load_noisy("digits", noise="symmetric", rate=0.4, meta_size=100, seed=0)
+    data = load_noisy("digits", noise="symmetric", rate=0.4, meta_size=100, validation_size=100,
+                      seed=0)  # fmt: skip
     source = sources.load_digits()
     split = data.split
-    assert split.train_indices.size == 1337 and split.meta_indices.size == 100
-    assert not set(split.train_indices) & set(split.meta_indices)
+    assert split.train_indices.size == 1237 and split.meta_indices.size == 100
+    assert split.validation_indices.size == 100
+    # Train, meta and validation: disjoint by index and together the whole training split.
+    assert np.array_equal(
+        np.sort(np.concatenate([split.train_indices, split.meta_indices,
+                                split.validation_indices])),
+        np.arange(source.train_labels.size),
+    )  # fmt: skip
     assert data.num_classes == 10 and data.image_shape == (8, 8, 1)
     # Meta: clean labels, 10 per class, taken from the training split.
     meta_images, meta_labels = as_arrays(data.meta)
@@ -33,6 +42,15 @@ def test_digits_symmetric():
     np.testing.assert_array_equal(meta_labels, data.meta_labels)
     assert np.bincount(meta_labels).tolist() == [10] * 10
     np.testing.assert_allclose(meta_images, source.train_images[split.meta_indices] / 255.0)
+    # Validation: clean labels, 10 per class, from the training split, in index order.
+    validation_images, validation_labels = as_arrays(data.validation)
+    np.testing.assert_array_equal(validation_labels, source.train_labels[split.validation_indices])
+    np.testing.assert_array_equal(validation_labels, data.validation_labels)
+    assert np.bincount(validation_labels).tolist() == [10] * 10
+    np.testing.assert_allclose(
+        validation_images, source.train_images[split.validation_indices] / 255.0
+    )
+    np.testing.assert_allclose(validation_images, data.validation_images)
     # Train: noisy labels, in the order of train_indices.
     train_images, train_labels = as_arrays(data.train)
     np.testing.assert_array_equal(train_labels, data.train_noisy_labels)
@@ -45,24 +63,49 @@ def test_digits_symmetric():
     test_images, test_labels = as_arrays(data.test)
     np.testing.assert_array_equal(test_labels, source.test_labels)
     assert test_images.shape == (360, 8, 8, 1)
-    assert "1337 noisy training, 100 clean meta" in data.summary()
+    assert "1237 noisy training, 100 clean meta, 100 clean validation" in data.summary()
 
 
-def test_default_meta_size_depends_on_the_dataset(tmp_path):
-    # 100 of the 1,437 training digits, 10 per class: the same split as asked explicitly.
+def test_default_meta_and_validation_sizes_depend_on_the_dataset(tmp_path):
+    # 100 + 100 of the 1,437 training digits, 10 per class each: as if asked explicitly.
     digits = load_noisy("digits", noise="symmetric", rate=0.4, seed=0)
-    explicit = load_noisy("digits", noise="symmetric", rate=0.4, meta_size=100, seed=0)
-    assert digits.split.meta_indices.size == 100 and digits.split.train_indices.size == 1337
+    explicit = load_noisy("digits", noise="symmetric", rate=0.4, meta_size=100,
+                          validation_size=100, seed=0)  # fmt: skip
+    assert digits.split.meta_indices.size == 100 and digits.split.train_indices.size == 1237
     assert np.bincount(digits.meta_labels).tolist() == [10] * 10
+    assert np.bincount(digits.validation_labels).tolist() == [10] * 10
     np.testing.assert_array_equal(digits.split.meta_indices, explicit.split.meta_indices)
+    np.testing.assert_array_equal(
+        digits.split.validation_indices, explicit.split.validation_indices
+    )
     np.testing.assert_array_equal(digits.train_noisy_labels, explicit.train_noisy_labels)
-    # Fashion-MNIST keeps 1,000, 100 per class of the dummy files' 150 per class.
+    # Fashion-MNIST keeps 1,000 meta images, 100 per class of the dummy files' 150 per
+    # class; its default 500 validation images would take the last 50 of each class.
     dummy_data.write_fashion_mnist(tmp_path)
-    fashion = load_noisy("fashion_mnist", noise="symmetric", rate=0.4, data_dir=tmp_path)
+    with pytest.raises(ValueError, match="meta_size=1000, validation_size=500, unlabeled_size=0"):
+        load_noisy("fashion_mnist", noise="symmetric", rate=0.4, data_dir=tmp_path)
+    fashion = load_noisy("fashion_mnist", noise="symmetric", rate=0.4, validation_size=200,
+                         data_dir=tmp_path)  # fmt: skip
     assert np.bincount(fashion.meta_labels).tolist() == [100] * 10
-    assert fashion.split.train_indices.size == 10 * dummy_data.TRAIN_PER_CLASS - 1000
-    # Other datasets get the general default.
+    assert np.bincount(fashion.validation_labels).tolist() == [20] * 10
+    assert fashion.split.train_indices.size == 10 * dummy_data.TRAIN_PER_CLASS - 1200
+    # Other datasets get the general defaults.
     assert default_meta_size("cifar10_n") == DEFAULT_META_SIZE == 1000
+    assert default_validation_size("fashion_mnist") == DEFAULT_VALIDATION_SIZE == 500
+
+
+def test_without_a_validation_set_the_split_is_the_meta_split_alone():
+    data = load_noisy("digits", noise="pair", rate=0.45, meta_size=100, validation_size=0, seed=3)
+    with_validation = load_noisy("digits", noise="pair", rate=0.45, meta_size=100,
+                                 validation_size=50, seed=3)  # fmt: skip
+    assert data.validation is None and data.validation_labels.size == 0
+    assert data.split.train_indices.size == 1337
+    # The validation set only moves clean examples out of the noisy pool.
+    np.testing.assert_array_equal(data.split.meta_indices, with_validation.split.meta_indices)
+    np.testing.assert_array_equal(
+        np.setdiff1d(data.split.train_indices, with_validation.split.train_indices),
+        with_validation.split.validation_indices,
+    )
 
 
 def test_same_seed_same_data_other_seed_other_data():
@@ -86,7 +129,8 @@ def test_unlabeled_split_and_with_meta():
     assert x.shape == (32, 8, 8, 1) and x_meta.shape == (32, 8, 8, 1)
     assert y.dtype == tf.int32 and y_meta.dtype == tf.int32
     # One epoch covers every noisy and unlabeled batch once.
-    assert sum(1 for _ in batches) == (1437 - 50 - 200) // 32 + 200 // 32
+    # (the default validation set holds 100 digits)
+    assert sum(1 for _ in batches) == (1437 - 50 - 100 - 200) // 32 + 200 // 32
 
 
 def test_no_noise_and_transition_matrix():
@@ -100,7 +144,7 @@ def test_no_noise_and_transition_matrix():
 def test_fashion_mnist_from_a_user_folder(tmp_path):
     written = dummy_data.write_fashion_mnist(tmp_path / "fashion")
     data = load_noisy(
-        "fashion_mnist", noise="symmetric", rate=0.6, meta_size=500, seed=0,
+        "fashion_mnist", noise="symmetric", rate=0.6, meta_size=500, validation_size=0, seed=0,
         data_dir=tmp_path / "fashion",
     )
     assert data.class_names[0] == "T-shirt/top" and data.image_shape == (28, 28, 1)
@@ -166,6 +210,12 @@ def test_corrupt_idx_file(tmp_path):
          "Expected at least the number of classes, 10"),
         ({"dataset": "digits", "noise": "symmetric", "rate": 0.4, "meta_size": 5000},
          ValueError, "Expected at most the size of the clean pool, 1437"),
+        ({"dataset": "digits", "noise": "symmetric", "rate": 0.4, "meta_size": 1000,
+          "validation_size": 500}, ValueError,
+         r"Received: meta_size=1000, validation_size=500. Expected meta_size \+ "
+         r"validation_size <= 1437"),
+        ({"dataset": "digits", "noise": "symmetric", "rate": 0.4, "validation_size": 5},
+         ValueError, r"validation_size=5. Expected 0 \(no validation set\) or at least"),
         ({"dataset": "digits", "noise": "symmetric", "rate": 0.4, "data_dir": "/tmp"},
          ValueError, "it ships with scikit-learn"),
     ],

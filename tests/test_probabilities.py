@@ -66,16 +66,16 @@ def test_rejects_bad_input(tmp_path):
 
 def test_load_noisy_feature_dependent_is_exact_and_cached(tmp_path):
     data = load_noisy(
-        "digits", noise="feature_dependent", rate=0.4, meta_size=100, seed=0,
-        cache_dir=tmp_path,
+        "digits", noise="feature_dependent", rate=0.4, meta_size=100, validation_size=0,
+        seed=0, cache_dir=tmp_path,
     )
     assert data.noise_report.changed_indices.size == int(1337 * 0.4)
     assert np.all(data.train_noisy_labels[data.noise_report.changed_indices]
                   != data.train_clean_labels[data.noise_report.changed_indices])
     assert len(list(tmp_path.glob("digits-seed0-*.npy"))) == 1
     again = load_noisy(
-        "digits", noise="feature_dependent", rate=0.4, meta_size=100, seed=0,
-        cache_dir=tmp_path,
+        "digits", noise="feature_dependent", rate=0.4, meta_size=100, validation_size=0,
+        seed=0, cache_dir=tmp_path,
     )
     np.testing.assert_array_equal(again.train_noisy_labels, data.train_noisy_labels)
 

@@ -12,13 +12,15 @@ def labels_with_sizes(sizes, seed=0):
 
 
 def assert_partition(split: MetaSplit, num_examples):
-    train = set(split.train_indices.tolist())
-    meta = set(split.meta_indices.tolist())
-    unlabeled = set(split.unlabeled_indices.tolist())
-    assert not train & meta and not train & unlabeled and not meta & unlabeled
-    assert train | meta | unlabeled == set(range(num_examples))
-    for indices in (split.train_indices, split.meta_indices, split.unlabeled_indices):
+    parts = [
+        split.train_indices, split.meta_indices, split.unlabeled_indices,
+        split.validation_indices,
+    ]
+    for indices in parts:
         assert len(set(indices.tolist())) == indices.size  # no duplicates
+        np.testing.assert_array_equal(indices, np.sort(indices))
+    # Disjoint and covering: every index of the pool in exactly one part.
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(num_examples))
 
 
 def test_meta_set_is_class_balanced_and_disjoint():
@@ -67,10 +69,54 @@ def test_two_classes():
     assert_partition(split, 14)
 
 
+def test_validation_set_is_class_balanced_disjoint_and_leaves_the_meta_set_alone():
+    labels = labels_with_sizes([300, 120, 50, 400])
+    split = split_meta(labels, meta_size=100, validation_size=42, unlabeled_size=30, seed=2)
+    without = split_meta(labels, meta_size=100, unlabeled_size=30, seed=2)
+    assert_partition(split, labels.size)
+    counts = np.bincount(labels[split.validation_indices], minlength=4)
+    # 42 = 4 * 10 + 2: two classes get 11.
+    assert sorted(counts.tolist()) == [10, 10, 11, 11]
+    assert split.train_indices.size == labels.size - 100 - 42 - 30
+    # The meta set does not depend on the validation size; without one, nothing changes.
+    np.testing.assert_array_equal(split.meta_indices, without.meta_indices)
+    assert without.validation_indices.size == 0
+    np.testing.assert_array_equal(
+        np.setdiff1d(without.train_indices, split.train_indices),
+        np.setdiff1d(np.union1d(split.validation_indices, split.unlabeled_indices),
+                     without.unlabeled_indices),
+    )
+
+
+def test_validation_set_only_from_eligible_examples_and_seeded():
+    labels = labels_with_sizes([60, 60])
+    eligible = np.arange(120) % 2 == 0
+    split = split_meta(labels, meta_size=10, validation_size=20, seed=0, eligible=eligible)
+    assert np.all(eligible[split.validation_indices]) and np.all(eligible[split.meta_indices])
+    assert np.bincount(labels[split.validation_indices]).tolist() == [10, 10]
+    again = split_meta(labels, meta_size=10, validation_size=20, seed=0, eligible=eligible)
+    other = split_meta(labels, meta_size=10, validation_size=20, seed=1, eligible=eligible)
+    np.testing.assert_array_equal(split.validation_indices, again.validation_indices)
+    assert not np.array_equal(split.validation_indices, other.validation_indices)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         ({"meta_size": 3}, r"meta_size=3. Expected at least the number of classes, 4"),
+        ({"meta_size": 100, "validation_size": 100},
+         r"arguments `meta_size` and `validation_size`. Received: meta_size=100, "
+         r"validation_size=100. Expected meta_size \+ validation_size <= 170, the size of "
+         r"the clean pool"),
+        ({"meta_size": 20, "validation_size": 4},
+         r"meta_size=20, validation_size=4, which need 5 \+ 1 clean examples of class 3, "
+         r"but the clean pool holds only 5"),
+        ({"meta_size": 8, "validation_size": 3},
+         r"validation_size=3. Expected 0 \(no validation set\) or at least the number of "
+         r"classes, 4"),
+        ({"meta_size": 8, "validation_size": -1}, r"validation_size=-1. Expected an integer"),
+        ({"meta_size": 8, "validation_size": 8, "unlabeled_size": 154},
+         r"meta_size \+ validation_size \+ unlabeled_size < 170"),
         ({"meta_size": 1000}, r"Expected at most the size of the clean pool, 170"),
         ({"meta_size": 40}, r"class 3, but the clean pool holds only 5.*meta_size <= 20"),
         ({"meta_size": 20, "unlabeled_size": 150}, "noisy training set is not empty"),

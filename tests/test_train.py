@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import keras
 import numpy as np
@@ -21,7 +22,7 @@ from mln_tf.__main__ import build_parser, config_from_args, default_out_dir, mai
 from mln_tf.train import PRESETS, TrainConfig
 
 DIGITS = ["--dataset", "digits", "--noise", "pair", "--rate", "0.45", "--meta-size", "100",
-          "--batch-size", "32", "--deterministic"]  # fmt: skip
+          "--validation-size", "100", "--batch-size", "32", "--deterministic"]  # fmt: skip
 # Learning rate 0.05 for epochs 1-2, then 0.02: checks the schedule on the way.
 FULL = [*DIGITS, "--warmup-epochs", "1", "--meta-epochs", "3", "--learning-rate", "0.05", "0.02",
         "--lr-boundaries", "2", "--baselines", "--with-clean-reference"]  # fmt: skip
@@ -64,7 +65,7 @@ def test_main_job_writes_its_files_and_reports_real_accuracies(finished_run):
     assert config["dataset"] == "digits" and config["rate"] == 0.45 and config["meta_epochs"] == 3
     results = _results(out)
     assert set(results["methods"]) == METHODS
-    assert results["model_selection"] == "best accuracy on the clean meta set"
+    assert results["model_selection"] == "best accuracy on the clean validation split"
     rows = _history(out)
     assert [(r["method"], r["epoch"]) for r in rows[:4]] == [
         ("warm_up", "1"), ("cross_entropy", "2"), ("cross_entropy", "3"), ("cross_entropy", "4"),
@@ -72,7 +73,8 @@ def test_main_job_writes_its_files_and_reports_real_accuracies(finished_run):
     assert [r["epoch"] for r in rows if r["method"] == "clean_reference"] == ["1", "2", "3", "4"]
 
     # The reported final test accuracy is the saved model's, measured again here.
-    data = mln_tf.data.load_noisy("digits", noise="pair", rate=0.45, meta_size=100, seed=0)
+    data = mln_tf.data.load_noisy("digits", noise="pair", rate=0.45, meta_size=100,
+                                  validation_size=100, seed=0)
     model = keras.models.load_model(out / "meta_label_net.keras")
     logits = model.predict(data.test_images, verbose=0)
     accuracy = np.mean(np.argmax(logits, axis=1) == data.test_labels)
@@ -83,19 +85,51 @@ def test_main_job_writes_its_files_and_reports_real_accuracies(finished_run):
     assert int(model.optimizer.iterations) == 4 * steps_per_epoch
     assert results["noise_rate"] == pytest.approx(data.noise_rate)
 
-    # Selection: the epoch of the best meta accuracy, read back from the history.
-    mln_rows = [r for r in rows if r["method"] == "meta_label_net"]
-    best = max(mln_rows, key=lambda r: float(r["meta_accuracy"]))
-    assert mln["best_epoch"] == int(best["epoch"])
-    assert mln["test_accuracy_best_on_meta"] == pytest.approx(float(best["test_accuracy"]))
+    # The final validation accuracy is the saved model's on the validation images.
+    logits = model.classifier.predict(data.validation_images, verbose=0)
+    final_rows = {r["method"]: r for r in rows if r["epoch"] == "4"}
+    assert float(final_rows["meta_label_net"]["validation_accuracy"]) == pytest.approx(
+        np.mean(np.argmax(logits, axis=1) == data.validation_labels), abs=1e-5
+    )
+
+    # Selection: for each method, the first epoch of best validation accuracy among the
+    # warm-up's last epoch and its own (the reference: its own only), read from the history.
+    warm_up = [r for r in rows if r["method"] == "warm_up"]
+    for method in METHODS:
+        candidates = [r for r in rows if r["method"] == method]
+        if method != "clean_reference":
+            candidates = [warm_up[-1], *candidates]
+        validation = np.array([float(r["validation_accuracy"]) for r in candidates])
+        best = candidates[int(np.flatnonzero(validation == validation.max())[0])]
+        chosen = results["methods"][method]
+        assert chosen["best_epoch"] == int(best["epoch"]), method
+        assert chosen["validation_accuracy"] == pytest.approx(float(best["validation_accuracy"]))
+        assert chosen["test_accuracy_best_on_validation"] == pytest.approx(
+            float(best["test_accuracy"])
+        )
+        assert chosen["test_accuracy_final"] == pytest.approx(
+            float(candidates[-1]["test_accuracy"])
+        )
+        assert chosen["final_epoch"] == 4
 
     report = (out / "report.md").read_text()
+    cross_entropy = results["methods"]["cross_entropy"]
+    best_difference = (mln["test_accuracy_best_on_validation"]
+                       - cross_entropy["test_accuracy_best_on_validation"])  # fmt: skip
+    final_difference = mln["test_accuracy_final"] - cross_entropy["test_accuracy_final"]
     assert (
-        f"| MetaLabelNet | {100 * mln['test_accuracy_best_on_meta']:.2f} | "
-        f"{mln['best_epoch']} | {100 * mln['test_accuracy_final']:.2f} |"
+        f"| MetaLabelNet | {100 * mln['test_accuracy_best_on_validation']:.2f} | "
+        f"{100 * best_difference:+.2f} | {100 * mln['validation_accuracy']:.2f} | "
+        f"{mln['best_epoch']} | {100 * mln['test_accuracy_final']:.2f} | "
+        f"{100 * final_difference:+.2f} |"
+    ) in report
+    assert (
+        f"| cross-entropy | {100 * cross_entropy['test_accuracy_best_on_validation']:.2f} | "
+        "+0.00 |"
     ) in report
     assert "| cross-entropy on the true labels (reference) |" in report
-    assert "the epoch with the best accuracy on the clean meta set" in report
+    assert "the epoch with the best accuracy on the clean validation split" in report
+    assert "100 clean meta images, 100 clean validation images" in report
     assert (
         "MetaLabelNet: the authors' algorithm, except entropy_weight=0.0, virtual_scope='head', "
         "label_input=True, label_trust=5.0, generator_init='classifier_head', "
@@ -115,7 +149,8 @@ def test_label_correction_is_measured_on_the_wrong_labels(finished_run):
     correction = _results(finished_run)["label_correction"]
     assert correction["epochs"] == [1, 2, 3, 4]
     # Recompute the last value from the saved generator and extractor.
-    data = mln_tf.data.load_noisy("digits", noise="pair", rate=0.45, meta_size=100, seed=0)
+    data = mln_tf.data.load_noisy("digits", noise="pair", rate=0.45, meta_size=100,
+                                  validation_size=100, seed=0)
     model = keras.models.load_model(finished_run / "meta_label_net.keras")
     wrong = ~data.train_label_is_correct
     soft_labels = model.predict_soft_labels(
@@ -136,12 +171,63 @@ def test_plots_are_written(finished_run):
 def test_confusion_matrix_counts_the_selected_epoch(finished_run):
     results = _results(finished_run)
     epoch = results["methods"]["cross_entropy"]["best_epoch"]
-    predictions = np.load(finished_run / "stages" / "cross_entropy" /
+    stage = "warm_up" if epoch == 1 else "cross_entropy"
+    predictions = np.load(finished_run / "stages" / stage /
                           f"test_predictions_epoch{epoch}.npy")  # fmt: skip
-    data = mln_tf.data.load_noisy("digits", noise="pair", rate=0.45, meta_size=100, seed=0)
+    data = mln_tf.data.load_noisy("digits", noise="pair", rate=0.45, meta_size=100,
+                                  validation_size=100, seed=0)
     accuracy = np.mean(predictions == data.test_labels)
     assert accuracy == pytest.approx(results["methods"]["cross_entropy"]
-                                     ["test_accuracy_best_on_meta"])  # fmt: skip
+                                     ["test_accuracy_best_on_validation"])  # fmt: skip
+
+
+def test_a_selected_warm_up_epoch_uses_the_warm_ups_predictions(finished_run):
+    # The warm-up's test predictions are kept: its last epoch is every method's candidate.
+    results = _results(finished_run)
+    data = mln_tf.data.load_noisy("digits", noise="pair", rate=0.45, meta_size=100,
+                                  validation_size=100, seed=0)  # fmt: skip
+    predictions = np.load(finished_run / "stages" / "warm_up" / "test_predictions_epoch1.npy")
+    assert np.mean(predictions == data.test_labels) == pytest.approx(
+        results["warm_up"]["test_accuracy"]
+    )
+    session = types.SimpleNamespace(
+        out_dir=str(finished_run), config=TrainConfig(dataset="digits", warmup_epochs=1),
+        data=data,
+    )  # fmt: skip
+    chosen = {"methods": {"meta_label_net": {"best_epoch": 1}}}
+    matrix = mln_tf.train._confusion_matrix(
+        session, "meta_label_net", chosen, str(finished_run / "stages" / "warm_up")
+    )
+    expected = np.zeros((10, 10), np.int64)
+    np.add.at(expected, (data.test_labels, predictions), 1)
+    np.testing.assert_array_equal(matrix, expected)
+
+
+def test_select_epochs_includes_the_warm_up_and_can_stop_early():
+    warm_up = {"epoch": [1, 2], "validation_accuracy": [0.5, 0.8], "test_accuracy": [0.4, 0.7]}
+    histories = {
+        "cross_entropy": {"epoch": [3, 4, 5], "validation_accuracy": [0.6, 0.8, 0.9],
+                          "test_accuracy": [0.5, 0.75, 0.6], "epoch_seconds": [1, 2, 3]},
+        "clean_reference": {"epoch": [1, 2, 3], "validation_accuracy": [0.1, 0.3, 0.2],
+                            "test_accuracy": [0.1, 0.35, 0.25], "epoch_seconds": [4, 4, 4]},
+    }  # fmt: skip
+    selected = mln_tf.train.select_epochs(warm_up, histories)
+    assert selected["cross_entropy"] == {
+        "test_accuracy_best_on_validation": 0.6, "validation_accuracy": 0.9, "best_epoch": 5,
+        "test_accuracy_final": 0.6, "final_epoch": 5, "seconds_per_epoch": 2.0,
+    }  # fmt: skip
+    # Up to epoch 4: the warm-up's last epoch ties with epoch 4 and, earlier, wins.
+    early = mln_tf.train.select_epochs(warm_up, histories, last_epoch=4)["cross_entropy"]
+    assert (early["best_epoch"], early["test_accuracy_best_on_validation"]) == (2, 0.7)
+    assert (early["final_epoch"], early["test_accuracy_final"]) == (4, 0.75)
+    assert early["seconds_per_epoch"] == 1.5
+    # The reference starts from scratch: the warm-up is no candidate of it.
+    assert selected["clean_reference"]["best_epoch"] == 2
+    # Without warm-up epochs, only the method's own.
+    assert mln_tf.train.select_epochs({}, histories, last_epoch=4)["cross_entropy"][
+        "best_epoch"] == 4  # fmt: skip
+    with pytest.raises(ValueError, match="has no `validation_accuracy`"):
+        mln_tf.train.select_epochs({}, {"cross_entropy": {"epoch": [1], "meta_accuracy": [1]}})
 
 
 def test_warm_up_is_cached_and_shared(finished_run, tmp_path, cache_dir):
@@ -180,7 +266,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(finished_run, tmp_path
     main(["train", *FULL, "--out", str(out)])
     resumed, uninterrupted = _results(out), _results(finished_run)
     for method in METHODS:
-        for key in ("test_accuracy_best_on_meta", "best_epoch", "test_accuracy_final"):
+        for key in ("test_accuracy_best_on_validation", "validation_accuracy", "best_epoch",
+                    "test_accuracy_final"):
             assert resumed["methods"][method][key] == uninterrupted["methods"][method][key]
     weights = keras.models.load_model(out / "meta_label_net.keras").get_weights()
     expected = keras.models.load_model(finished_run / "meta_label_net.keras").get_weights()
@@ -249,6 +336,11 @@ def test_options_reach_the_config_by_name_and_flag():
         (["--dataset", "digits", "--rate", "-0.1"], "Received: rate=-0.1"),
         (["--dataset", "digits", "--meta-size", "5"], "at least the number of classes, 10"),
         (["--dataset", "digits", "--meta-size", "5000"], "Expected at most the size of the clean"),
+        (["--dataset", "digits", "--validation-size", "0"],
+         "Received: validation_size=0. Expected a positive integer"),
+        (["--dataset", "digits", "--meta-size", "1000", "--validation-size", "500"],
+         "Received: meta_size=1000, validation_size=500. Expected meta_size + validation_size "
+         "<= 1437"),
         (["--warmup-epochs", "-1"], "Received: warmup_epochs=-1. Expected an integer of at"),
         (["--meta-epochs", "0"], "Received: meta_epochs=0. Expected an integer of at least 1"),
         (["--stage1", "3", "--stage2", "3"], "Received: 3, with 3 warm-up epochs"),
@@ -315,7 +407,8 @@ def test_main_job_trains_under_a_mirrored_strategy(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert (config["strategy"], config["devices"]) == ("mirrored", 2)
     results = _results(out)
-    data = mln_tf.data.load_noisy("digits", noise="pair", rate=0.45, meta_size=100, seed=0)
+    data = mln_tf.data.load_noisy("digits", noise="pair", rate=0.45, meta_size=100,
+                                  validation_size=100, seed=0)
     model = keras.models.load_model(out / "meta_label_net.keras")
     accuracy = np.mean(np.argmax(model.predict(data.test_images, verbose=0), 1) == data.test_labels)
     assert results["methods"]["meta_label_net"]["test_accuracy_final"] == pytest.approx(accuracy)
@@ -333,3 +426,12 @@ def test_train_config_docstring_states_the_real_defaults():
             assert field.default is mln_tf.options.RECOMMENDED
             continue
         assert ast.literal_eval(stated[1]) == field.default, field.name
+
+
+def test_the_validation_size_shapes_the_warm_up_and_has_a_dataset_default():
+    assert TrainConfig(dataset="digits").validation_size == 100
+    assert TrainConfig(dataset="fashion_mnist").validation_size == 500
+    args = build_parser().parse_args(["train", "--dataset", "digits", "--validation-size", "50"])
+    config = config_from_args(args)
+    assert config.validation_size == 50 and "validation_size" in mln_tf.train.WARM_UP_FIELDS
+    assert config.warm_up_key() != dataclasses.replace(config, validation_size=60).warm_up_key()

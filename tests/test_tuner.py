@@ -37,8 +37,10 @@ class CountingHyperModel(MetaLabelNetHyperModel):
 
 @pytest.fixture(scope="module")
 def digits():
-    data = mln_tf.data.load_noisy("digits", noise="symmetric", rate=0.4, meta_size=200, seed=0)
-    data, validation = mln_tf.data.split_validation(data, 100, seed=0)
+    data = mln_tf.data.load_noisy(
+        "digits", noise="symmetric", rate=0.4, meta_size=100, validation_size=100, seed=0
+    )
+    validation = data.validation
     # 20 batches an epoch keep each trial to a few seconds.
     train = mln_tf.data.with_meta(data.train, data.meta, batch_size=64, seed=0).take(20)
     return data, train, mln_tf.data.batched(validation, 256)

@@ -2,13 +2,15 @@
 
 Notation (as in `mln_tf.noise`): N examples, K classes, the noisy training set D_n, the
 small clean meta set D_m (class-balanced, drawn from the training split, disjoint from D_n
-by index, never from a test split) and an optional unlabeled set D_u.
+by index, never from a test split), the clean validation set D_v (drawn the same way,
+disjoint from D_m: it alone selects models and hyper-parameters) and an optional
+unlabeled set D_u.
 
 - `load_noisy`: Fashion-MNIST (offline files) or scikit-learn's digits, with any noise
-  model of `mln_tf.noise` at any rate, a meta set and an unlabeled set.
+  model of `mln_tf.noise` at any rate, a meta set, a validation set and an unlabeled set.
 - `load_cifar10_n`, `load_cifar100_n`, `load_controlled_noisy_web_labels`: real noisy
-  datasets from TFDS, with a meta set carved out of their training split.
-- `split_validation`: a clean validation set held out of the meta set, for tuning.
+  datasets from TFDS, with meta and validation sets carved out of their training split.
+- `split_meta`: the one function that draws D_m, D_v and D_u from a training pool.
 - `with_meta`, `cache_features`, `preprocess`, `batched`: `tf.data` pipelines for
   `MetaLabelNet.fit`.
 - Importing this package registers the TFDS builders `noisy_fashion_mnist`,
@@ -34,7 +36,6 @@ from mln_tf.data.noisy_data import (
     NoisySplit,
     load_noisy,
     make_noisy_split,
-    split_validation,
 )
 from mln_tf.data.pipeline import UNLABELED, cache_features, with_meta
 from mln_tf.data.preprocessing import (
@@ -49,9 +50,12 @@ from mln_tf.data.sources import (
     DEFAULT_FASHION_MNIST_DIR,
     DEFAULT_META_SIZE,
     DEFAULT_META_SIZES,
+    DEFAULT_VALIDATION_SIZE,
+    DEFAULT_VALIDATION_SIZES,
     ArraySource,
     DatasetFilesNotFoundError,
     default_meta_size,
+    default_validation_size,
     load_source,
 )
 from mln_tf.data.splits import MetaSplit, split_meta
@@ -63,6 +67,8 @@ __all__ = [
     "DEFAULT_FASHION_MNIST_DIR",
     "DEFAULT_META_SIZE",
     "DEFAULT_META_SIZES",
+    "DEFAULT_VALIDATION_SIZE",
+    "DEFAULT_VALIDATION_SIZES",
     "UNLABELED",
     "ArraySource",
     "DatasetFilesNotFoundError",
@@ -75,6 +81,7 @@ __all__ = [
     "channel_stats",
     "datasets",
     "default_meta_size",
+    "default_validation_size",
     "load_cifar100_n",
     "load_cifar10_n",
     "load_controlled_noisy_web_labels",
@@ -85,6 +92,5 @@ __all__ = [
     "preprocess",
     "random_crop_and_flip",
     "split_meta",
-    "split_validation",
     "with_meta",
 ]

@@ -1,11 +1,13 @@
-"""Real noisy datasets from TFDS, with a clean meta set carved out of their training split.
+"""Real noisy datasets from TFDS, with clean meta and validation sets from their train split.
 
 - CIFAR-10N and CIFAR-100N carry the clean CIFAR label (`label`) beside human noisy labels.
-  The meta set is drawn, class-balanced, from the *training* split by its clean labels and
-  removed from the noisy training set; the test split stays whole and unused.
+  The meta and validation sets are drawn, class-balanced and disjoint, from the *training*
+  split by its clean labels and removed from the noisy training set; the test split stays
+  whole and unused.
 - Controlled Noisy Web Labels (mini-ImageNet, red or blue noise, ten noise levels) marks
-  each training example `is_clean`. The meta set is drawn from the examples marked clean of
-  the chosen training split; `validation` is the test set.
+  each training example `is_clean`. The meta and validation sets are drawn from the
+  examples marked clean of the chosen training split; the TFDS `validation` split is the
+  test set.
 
 These builders need files that TFDS cannot download on its own: prepare them once with
 `tfds build` and their manual files (see each builder's TFDS page). The loaders below never
@@ -21,6 +23,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mln_tf.data.noisy_data import PIXEL_SCALE, NoisyData
+from mln_tf.data.sources import DEFAULT_VALIDATION_SIZE
 from mln_tf.data.splits import split_meta
 from mln_tf.noise import noise_report
 
@@ -48,6 +51,7 @@ def load_cifar10_n(
     *,
     label: str = "aggre",
     meta_size: int = 1000,
+    validation_size: int = DEFAULT_VALIDATION_SIZE,
     unlabeled_size: int = 0,
     seed: int = 0,
     data_dir: str | os.PathLike | None = None,
@@ -61,6 +65,9 @@ def load_cifar10_n(
             `"random3"` (or the TFDS key, e.g. `"aggre_label"`). Defaults to `"aggre"`.
         meta_size: int, the clean meta set size M, drawn class-balanced from the training
             split by the clean `label`. Defaults to 1000.
+        validation_size: int, the clean validation set size V, drawn class-balanced from
+            the training split and disjoint from the meta set, for model selection; 0
+            for none. Defaults to 500.
         unlabeled_size: int, the size of an unlabeled set drawn from the training split.
             Defaults to 0.
         seed: int, the seed of the split. Defaults to 0.
@@ -82,14 +89,16 @@ def load_cifar10_n(
         name="label",
     )
     return _load_cifar_n(
-        "cifar10_n", key, meta_size=meta_size, unlabeled_size=unlabeled_size, seed=seed,
-        data_dir=data_dir, manual_dir=manual_dir, download=download,
+        "cifar10_n", key, meta_size=meta_size, validation_size=validation_size,
+        unlabeled_size=unlabeled_size, seed=seed, data_dir=data_dir, manual_dir=manual_dir,
+        download=download,
     )
 
 
 def load_cifar100_n(
     *,
     meta_size: int = 1000,
+    validation_size: int = DEFAULT_VALIDATION_SIZE,
     unlabeled_size: int = 0,
     seed: int = 0,
     data_dir: str | os.PathLike | None = None,
@@ -100,6 +109,9 @@ def load_cifar100_n(
 
     Args:
         meta_size: int, the clean meta set size M (at least 100). Defaults to 1000.
+        validation_size: int, the clean validation set size V, drawn class-balanced from
+            the training split and disjoint from the meta set, for model selection; 0
+            for none. Defaults to 500.
         unlabeled_size: int, the size of an unlabeled set. Defaults to 0.
         seed: int, the seed of the split. Defaults to 0.
         data_dir: optional TFDS data folder.
@@ -110,8 +122,9 @@ def load_cifar100_n(
         A `NoisyData`.
     """
     return _load_cifar_n(
-        "cifar100_n", CIFAR100N_LABEL_KEY, meta_size=meta_size, unlabeled_size=unlabeled_size,
-        seed=seed, data_dir=data_dir, manual_dir=manual_dir, download=download,
+        "cifar100_n", CIFAR100N_LABEL_KEY, meta_size=meta_size,
+        validation_size=validation_size, unlabeled_size=unlabeled_size, seed=seed,
+        data_dir=data_dir, manual_dir=manual_dir, download=download,
     )
 
 
@@ -120,6 +133,7 @@ def load_controlled_noisy_web_labels(
     color: str = "red",
     noise_level: int = 40,
     meta_size: int = 1000,
+    validation_size: int = DEFAULT_VALIDATION_SIZE,
     unlabeled_size: int = 0,
     seed: int = 0,
     data_dir: str | os.PathLike | None = None,
@@ -135,6 +149,9 @@ def load_controlled_noisy_web_labels(
             50, 60, 80. Defaults to 40.
         meta_size: int, the meta set size M, drawn class-balanced among the training
             examples marked `is_clean`. Defaults to 1000.
+        validation_size: int, the clean validation set size V, drawn class-balanced from
+            the examples marked `is_clean` and disjoint from the meta set, for model selection; 0
+            for none. Defaults to 500.
         unlabeled_size: int, the size of an unlabeled set. Defaults to 0.
         seed: int, the seed of the split. Defaults to 0.
         data_dir: optional TFDS data folder.
@@ -161,7 +178,7 @@ def load_controlled_noisy_web_labels(
     num_classes = info.features["label"].num_classes
     split = split_meta(
         labels, meta_size=meta_size, num_classes=num_classes, unlabeled_size=unlabeled_size,
-        seed=seed, eligible=is_clean,
+        validation_size=validation_size, seed=seed, eligible=is_clean,
     )
     image_shape = (image_size, image_size, 3)
 
@@ -175,6 +192,9 @@ def load_controlled_noisy_web_labels(
         name=f"{name}/{train_split}",
         train=_select(train_stream, split.train_indices, labels.size, "label", image_fn),
         meta=_select(train_stream, split.meta_indices, labels.size, "label", image_fn),
+        validation=_select(train_stream, split.validation_indices, labels.size, "label",
+                           image_fn) if validation_size else None,
+        validation_labels=labels[split.validation_indices],
         test=_select(test_stream, None, None, "label", image_fn),
         unlabeled=_select(train_stream, split.unlabeled_indices, labels.size, None, image_fn)
         if unlabeled_size else None,
@@ -189,8 +209,8 @@ def load_controlled_noisy_web_labels(
     )
 
 
-def _load_cifar_n(name, noisy_key, *, meta_size, unlabeled_size, seed, data_dir, manual_dir,
-                  download) -> NoisyData:
+def _load_cifar_n(name, noisy_key, *, meta_size, validation_size, unlabeled_size, seed,
+                  data_dir, manual_dir, download) -> NoisyData:
     load = _loader(name, data_dir=data_dir, manual_dir=manual_dir, download=download)
     columns, info = _read_columns(load, "train", ("label", noisy_key))
     clean = columns["label"].astype(np.int64)
@@ -198,7 +218,7 @@ def _load_cifar_n(name, noisy_key, *, meta_size, unlabeled_size, seed, data_dir,
     num_classes = info.features["label"].num_classes
     split = split_meta(
         clean, meta_size=meta_size, num_classes=num_classes, unlabeled_size=unlabeled_size,
-        seed=seed,
+        validation_size=validation_size, seed=seed,
     )
     train_clean, train_noisy = clean[split.train_indices], noisy[split.train_indices]
     report = noise_report(
@@ -215,6 +235,9 @@ def _load_cifar_n(name, noisy_key, *, meta_size, unlabeled_size, seed, data_dir,
         name=f"{name}/{noisy_key}",
         train=_select(train_stream, split.train_indices, clean.size, noisy_key, image_fn),
         meta=_select(train_stream, split.meta_indices, clean.size, "label", image_fn),
+        validation=_select(train_stream, split.validation_indices, clean.size, "label",
+                           image_fn) if validation_size else None,
+        validation_labels=clean[split.validation_indices],
         test=_select(test_stream, None, None, "label", image_fn),
         unlabeled=_select(train_stream, split.unlabeled_indices, clean.size, None, image_fn)
         if unlabeled_size else None,

@@ -1,10 +1,11 @@
-"""A noisy training set, a clean meta set and a test set, ready for MetaLabelNet.
+"""A noisy training set, clean meta and validation sets and a test set, ready for MetaLabelNet.
 
-`load_noisy` is the in-memory entry point: it reads a clean dataset, draws the meta set,
-corrupts the remaining training labels with a noise model and wraps the three sets as
-`tf.data` datasets. The `noisy_fashion_mnist` and `noisy_digits` TFDS builders call the
-same `make_noisy_split`, so a builder config and `load_noisy` with the same settings give
-the same examples and labels.
+`load_noisy` is the in-memory entry point: it reads a clean dataset, draws the meta and
+validation sets, corrupts the remaining training labels with a noise model and wraps the
+sets as `tf.data` datasets. The `noisy_fashion_mnist` and `noisy_digits` TFDS builders
+call the same `make_noisy_split` without a validation set, so a builder config and
+`load_noisy` with the same settings and `validation_size=0` give the same examples and
+labels.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mln_tf.data.sources import ArraySource, default_meta_size, load_source
+from mln_tf.data.sources import (
+    ArraySource,
+    default_meta_size,
+    default_validation_size,
+    load_source,
+)
 from mln_tf.data.splits import MetaSplit, split_meta
 from mln_tf.noise import NoiseReport, apply_noise, check_noise_arguments, class_probabilities
 
@@ -28,7 +34,8 @@ class NoisySplit:
     """The meta split of a clean training pool, and the noisy labels of its training set.
 
     Attributes:
-        split: `MetaSplit`, the indices of the train, meta and unlabeled sets in the pool.
+        split: `MetaSplit`, the indices of the train, meta, validation and unlabeled sets
+            in the pool.
         train_noisy_labels: int64 array, the noisy labels of `split.train_indices`.
         report: `NoiseReport` of the noise applied to the training set.
     """
@@ -40,7 +47,7 @@ class NoisySplit:
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class NoisyData:
-    """A noisy training set, a clean meta set, a test set and what is known about the noise.
+    """Noisy training, clean meta, clean validation and test sets, and what is known of the noise.
 
     The datasets yield single, unbatched examples `(image, label)`: float32 images of shape
     `image_shape` in [0, 1] and int32 labels. Feed them to `mln_tf.data.with_meta` (for
@@ -50,11 +57,11 @@ class NoisyData:
         name: str, the dataset's name.
         train: `tf.data.Dataset`, the noisy training set D_n, with noisy labels.
         meta: `tf.data.Dataset`, the clean meta set D_m, with clean labels.
-        test: `tf.data.Dataset`, the test set, with clean labels.
+        test: `tf.data.Dataset`, the test set, with clean labels: for reporting only.
         unlabeled: `tf.data.Dataset` of images only, or `None` without an unlabeled split.
         class_names: tuple of K str.
         image_shape: tuple `(H, W, channels)`.
-        split: `MetaSplit`, indices of the three training subsets in the original training
+        split: `MetaSplit`, indices of the training subsets in the original training
             split (example i of `train` is example `split.train_indices[i]` there).
         train_noisy_labels: int64 array, the labels `train` yields, in its order.
         train_clean_labels: int64 array of the true labels of `train`, or `None` where they
@@ -63,6 +70,11 @@ class NoisyData:
         meta_labels: int64 array, the labels `meta` yields, in its order.
         noise_report: `NoiseReport`, or `None` where the true labels are unknown.
         source: the in-memory `ArraySource`, or `None` for data streamed from TFDS.
+        validation: `tf.data.Dataset`, the clean validation set D_v, with clean labels,
+            disjoint from the others (`split.validation_indices`): for model selection.
+            `None` without a validation set (`validation_size=0`).
+        validation_labels: int64 array, the labels `validation` yields, in its order
+            (empty without a validation set).
     """
 
     name: str
@@ -79,6 +91,10 @@ class NoisyData:
     meta_labels: np.ndarray
     noise_report: NoiseReport | None
     source: ArraySource | None = None
+    validation: tf.data.Dataset | None = None
+    validation_labels: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.zeros(0, np.int64)
+    )
 
     @property
     def num_classes(self) -> int:
@@ -108,6 +124,11 @@ class NoisyData:
         return self._images(self.split.meta_indices)
 
     @property
+    def validation_images(self) -> np.ndarray:
+        """float32 images of `validation`, in its order (a new array on each access)."""
+        return self._images(self.split.validation_indices)
+
+    @property
     def unlabeled_images(self) -> np.ndarray:
         """float32 images of `unlabeled`, in its order (a new array on each access)."""
         return self._images(self.split.unlabeled_indices)
@@ -132,6 +153,7 @@ class NoisyData:
         lines = [
             f"{self.name}: {self.split.train_indices.size} noisy training, "
             f"{self.split.meta_indices.size} clean meta, "
+            f"{self.split.validation_indices.size} clean validation, "
             f"{self.split.unlabeled_indices.size} unlabeled examples; "
             f"{self.num_classes} classes; images {self.image_shape}; "
             f"noise rate {self.noise_rate:.4f}"
@@ -160,14 +182,16 @@ def make_noisy_split(
     rate: float | None = None,
     meta_size: int,
     unlabeled_size: int = 0,
+    validation_size: int = 0,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     transition_matrix=None,
 ) -> NoisySplit:
-    """Draws the meta (and unlabeled) set from a clean pool, then corrupts the rest.
+    """Draws the meta (validation, unlabeled) sets from a clean pool, then corrupts the rest.
 
-    The meta set is drawn first, class-balanced, from the clean training split; the noise
-    model then acts on the remaining training examples only, so the meta set stays clean
+    The meta and validation sets are drawn first, class-balanced, from the clean training
+    split (`split_meta`); the noise model then acts on the remaining training examples
+    only, so these sets stay clean
     and the reported rate is the rate of the noisy training set. For feature-dependent
     noise, the class probabilities come from `mln_tf.noise.class_probabilities` trained on
     the whole clean training split with the same seed (cached per dataset and seed).
@@ -178,6 +202,7 @@ def make_noisy_split(
         rate: float in [0, 1), the noise rate (see `mln_tf.noise.apply_noise`).
         meta_size: int, the meta set size M.
         unlabeled_size: int, the unlabeled set size. Defaults to 0.
+        validation_size: int, the clean validation set size V. Defaults to 0.
         seed: int, the seed of the split and of the noise. Defaults to 0.
         cache_dir: optional cache folder for the class probabilities.
         transition_matrix: `(K, K)` array, for `noise="transition_matrix"`.
@@ -191,6 +216,7 @@ def make_noisy_split(
         meta_size=meta_size,
         num_classes=source.num_classes,
         unlabeled_size=unlabeled_size,
+        validation_size=validation_size,
         seed=seed,
     )
     probabilities = None
@@ -221,13 +247,14 @@ def load_noisy(
     noise: str,
     rate: float | None = None,
     meta_size: int | None = None,
+    validation_size: int | None = None,
     unlabeled_size: int = 0,
     seed: int = 0,
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     transition_matrix=None,
 ) -> NoisyData:
-    """Loads a clean dataset offline and returns it with synthetic noise and a meta set.
+    """Loads a clean dataset offline with synthetic noise, a meta set and a validation set.
 
     Args:
         dataset: str, `"fashion_mnist"` (the original files: Debian's
@@ -242,6 +269,11 @@ def load_noisy(
             from the training split. Defaults to `None`: the dataset's default,
             `mln_tf.data.default_meta_size(dataset)` (1000 for Fashion-MNIST, 100 for
             the digits).
+        validation_size: optional int, the size V of the clean, class-balanced
+            validation set taken from the training split, disjoint from the meta set: it
+            selects models (epochs, hyper-parameters), so that neither the meta set nor
+            the test split does. 0 for none. Defaults to `None`: the dataset's default,
+            `mln_tf.data.default_validation_size(dataset)` (500, 100 for the digits).
         unlabeled_size: int, the size of an unlabeled set also taken from the training
             split. Defaults to 0.
         seed: int, the seed of the split and the noise. Defaults to 0.
@@ -257,9 +289,10 @@ def load_noisy(
 
     Example:
 
-    >>> data = load_noisy("digits", noise="symmetric", rate=0.4, meta_size=100, seed=0)
-    >>> data.split.train_indices.size, data.split.meta_indices.size
-    (1337, 100)
+    >>> data = load_noisy("digits", noise="symmetric", rate=0.4, meta_size=100,
+    ...                   validation_size=100, seed=0)
+    >>> data.split.train_indices.size, data.split.meta_indices.size, data.validation_labels.size
+    (1237, 100, 100)
     >>> round(data.noise_report.achieved_rate, 3)
     0.364
     """
@@ -267,12 +300,15 @@ def load_noisy(
     source = load_source(dataset, data_dir=data_dir)
     if meta_size is None:
         meta_size = default_meta_size(source.name)
+    if validation_size is None:
+        validation_size = default_validation_size(source.name)
     noisy = make_noisy_split(
         source,
         noise=noise,
         rate=rate,
         meta_size=meta_size,
         unlabeled_size=unlabeled_size,
+        validation_size=validation_size,
         seed=seed,
         cache_dir=cache_dir,
         transition_matrix=transition_matrix,
@@ -280,6 +316,12 @@ def load_noisy(
     split = noisy.split
     train_clean = source.train_labels[split.train_indices]
     meta_labels = source.train_labels[split.meta_indices]
+    validation_labels = source.train_labels[split.validation_indices]
+    validation = None
+    if split.validation_indices.size:
+        validation = array_dataset(
+            source.train_images[split.validation_indices], validation_labels
+        )
     unlabeled = None
     if split.unlabeled_indices.size:
         unlabeled = tf.data.Dataset.from_tensor_slices(
@@ -300,6 +342,8 @@ def load_noisy(
         meta_labels=meta_labels,
         noise_report=noisy.report,
         source=source,
+        validation=validation,
+        validation_labels=validation_labels,
     )
 
 
@@ -314,72 +358,3 @@ def array_dataset(images: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
 def _to_float(image):
     return tf.cast(image, tf.float32) / PIXEL_SCALE
 
-
-def split_validation(
-    data: NoisyData, validation_size: int, *, seed: int = 0
-) -> tuple[NoisyData, tf.data.Dataset]:
-    """Holds a clean validation set out of the meta set, for model or hyper-parameter selection.
-
-    The meta set teaches the label generator, so a score measured on it is biased in favour
-    of the settings that fit it best; the test split must stay unseen. The validation set is
-    therefore taken from the clean examples you own: `validation_size` of the meta set's
-    examples, class-balanced and drawn with the seed (`split_meta` on the meta labels), leave
-    the meta set. Load with `meta_size` = the meta size you want + `validation_size`.
-
-    Args:
-        data: `NoisyData`, from `load_noisy` or an adapter.
-        validation_size: int, the size V of the validation set, at least K and less than
-            the meta set's size.
-        seed: int, the seed of the draw. Defaults to 0.
-
-    Returns:
-        A tuple `(data, validation)`: a `NoisyData` whose meta set (`meta`, `meta_labels`,
-        `split.meta_indices`) lost the V examples, and a `tf.data.Dataset` of the V single
-        clean `(image, label)` examples, in the meta set's order.
-
-    Example:
-
-    >>> data = load_noisy("digits", noise="symmetric", rate=0.4, meta_size=150, seed=0)
-    >>> data, validation = split_validation(data, 50)
-    >>> data.meta_labels.size, int(validation.cardinality())
-    (100, 50)
-    """
-    meta_size = data.meta_labels.size
-    if (
-        not isinstance(validation_size, (int, np.integer))
-        or isinstance(validation_size, bool)
-        or not 0 < validation_size < meta_size
-    ):
-        raise ValueError(
-            "Invalid value for argument `validation_size`. Received: "
-            f"validation_size={validation_size!r}. Expected an integer in [1, {meta_size}), "
-            f"less than the meta set's size {meta_size}, so that some meta examples remain. "
-            "Load the data with a larger `meta_size` to hold out more."
-        )
-    # Within the meta set: `meta_indices` of this split become the validation set.
-    held_out = split_meta(
-        data.meta_labels,
-        meta_size=int(validation_size),
-        num_classes=data.num_classes,
-        seed=seed,
-    ).meta_indices
-    in_validation = np.zeros(meta_size, bool)
-    in_validation[held_out] = True
-    keep = np.flatnonzero(~in_validation)
-    mask = tf.constant(in_validation)
-
-    def select(wanted):
-        return (
-            data.meta.enumerate()
-            .filter(lambda index, example: tf.equal(tf.gather(mask, index), wanted))
-            .map(lambda index, example: example)
-            .apply(tf.data.experimental.assert_cardinality(int((in_validation == wanted).sum())))
-        )
-
-    remaining = dataclasses.replace(
-        data,
-        meta=select(False),
-        meta_labels=data.meta_labels[keep],
-        split=dataclasses.replace(data.split, meta_indices=data.split.meta_indices[keep]),
-    )
-    return remaining, select(True)

@@ -51,6 +51,10 @@ DATASETS = ("fashion_mnist", "digits")
 # leave 1,337.
 DEFAULT_META_SIZE = 1000
 DEFAULT_META_SIZES = {"fashion_mnist": DEFAULT_META_SIZE, "digits": 100}
+# The default size V of the clean validation set, which selects models and is disjoint from
+# the meta set. The digits keep 100 (10 per class), so that 1,237 noisy images remain.
+DEFAULT_VALIDATION_SIZE = 500
+DEFAULT_VALIDATION_SIZES = {"fashion_mnist": DEFAULT_VALIDATION_SIZE, "digits": 100}
 
 
 class DatasetFilesNotFoundError(FileNotFoundError):
@@ -138,6 +142,24 @@ def default_meta_size(name: str) -> int:
     (100, 1000)
     """
     return DEFAULT_META_SIZES.get(name, DEFAULT_META_SIZE)
+
+
+def default_validation_size(name: str) -> int:
+    """The default size V of a dataset's clean validation set (for model selection).
+
+    Args:
+        name: str, a dataset name: one of `DATASETS`, or another dataset (such as
+            `"cifar10_n"`), which gets `DEFAULT_VALIDATION_SIZE`.
+
+    Returns:
+        An int: `DEFAULT_VALIDATION_SIZES[name]`, else `DEFAULT_VALIDATION_SIZE`.
+
+    Example:
+
+    >>> default_validation_size("digits"), default_validation_size("cifar10_n")
+    (100, 500)
+    """
+    return DEFAULT_VALIDATION_SIZES.get(name, DEFAULT_VALIDATION_SIZE)
 
 
 def find_fashion_mnist_dir(*candidates: str | os.PathLike | None) -> pathlib.Path:

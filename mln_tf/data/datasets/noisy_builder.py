@@ -1,7 +1,8 @@
 """What the noisy TFDS builders share: typed configs, features and example generation.
 
 A noisy builder reads a clean `ArraySource` and writes three splits with
-`mln_tf.data.make_noisy_split`, the function `load_noisy` uses:
+`mln_tf.data.make_noisy_split`, the function `load_noisy` uses (with `validation_size=0`:
+the builders have no clean validation split):
 
 - `train`: the noisy training set (`label` noisy, `clean_label` true);
 - `meta`: the clean, class-balanced meta set, drawn from the training split;

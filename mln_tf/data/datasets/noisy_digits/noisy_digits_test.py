@@ -29,7 +29,8 @@ def test_builds_and_matches_load_noisy(config, tmp_path):
     np.testing.assert_array_equal(test["image"], source.test_images[test["index"]])
     np.testing.assert_array_equal(train["clean_label"], source.train_labels[train["index"]])
     _, noise, rate = next(entry for entry in NOISE_CONFIGS if entry[0] == config)
-    data = load_noisy("digits", noise=noise, rate=rate, meta_size=100, seed=0)
+    # The builder has no validation split: it matches load_noisy with validation_size=0.
+    data = load_noisy("digits", noise=noise, rate=rate, meta_size=100, validation_size=0, seed=0)
     expected = dict(zip(data.split.train_indices.tolist(), data.train_noisy_labels, strict=True))
     assert [expected[i] for i in train["index"]] == train["label"].tolist()
     assert np.mean(train["label"] != train["clean_label"]) == pytest.approx(data.noise_rate)

@@ -67,10 +67,12 @@ def test_config_on_dummy_files(config, manual_dir, tmp_path):
     ):
         np.testing.assert_array_equal(split["image"][..., 0], images[split["index"]])
         np.testing.assert_array_equal(split["clean_label"], labels[split["index"]])
-    # The builder and load_noisy are one implementation: same noisy labels by index.
+    # The builder and load_noisy (without a validation set, as the builder) are one
+    # implementation: same noisy labels by index.
     _, noise, rate = next(entry for entry in NOISE_CONFIGS if entry[0] == config)
     data = load_noisy(
-        "fashion_mnist", noise=noise, rate=rate, meta_size=META_SIZE, seed=0, data_dir=folder
+        "fashion_mnist", noise=noise, rate=rate, meta_size=META_SIZE, validation_size=0,
+        seed=0, data_dir=folder,
     )
     expected = dict(zip(data.split.train_indices.tolist(), data.train_noisy_labels, strict=True))
     assert [expected[i] for i in train["index"]] == train["label"].tolist()
