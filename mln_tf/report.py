@@ -21,6 +21,11 @@ METHOD_NAMES = {
     "soft_bootstrapping": "soft bootstrapping",
     "forward_correction": "forward correction (estimated T)",
     "clean_reference": "cross-entropy on the true labels (reference)",
+    "cross_entropy_clean": "cross-entropy on the noisy and the meta set",
+    "gold_loss_correction": "gold loss correction (GLC)",
+    "fine_tune": "cross-entropy, then fine-tuned on the meta set",
+    "meta_weight_net": "Meta-Weight-Net",
+    "meta_label_net_paper": "MetaLabelNet, the authors' algorithm",
 }
 
 
@@ -135,8 +140,12 @@ def plot_test_accuracy(path, results, histories, warm_up_history):
 
 def plot_confusion_matrices(path, matrices, class_names):
     """Row-normalised confusion matrices of the selected models, side by side."""
-    figure, axes = plt.subplots(1, len(matrices), figsize=(5.5 * len(matrices), 5))
-    axes = np.atleast_1d(axes)
+    columns = min(len(matrices), 4)
+    rows = -(-len(matrices) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 5 * rows), squeeze=False)
+    axes = axes.ravel()
+    for axis in axes[len(matrices) :]:
+        axis.axis("off")
     for axis, (method, matrix) in zip(axes, matrices.items()):
         normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
         axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)

@@ -27,10 +27,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mln_tf import classifiers, distribute, losses, noise, report, schedule
+from mln_tf import classifiers, clean_baselines, distribute, losses, noise, report, schedule
 from mln_tf import data as mln_data
+from mln_tf import options as options_lib
 from mln_tf.callbacks import EpochCheckpoint, EvaluateEachEpoch, LabelCorrection
 from mln_tf.meta_label_net import MetaLabelNet
+from mln_tf.meta_weight_net import MetaWeightNet
 from mln_tf.optimizers import paper_classifier_optimizer
 from mln_tf.train_config import (  # noqa: F401  (the main job's names, kept here too)
     DATASETS,
@@ -52,7 +54,15 @@ METHOD_LOSSES = {
         _estimate_transition_matrix(session, warm_up_dir)
     ),
 }
-BASELINES = tuple(name for name in METHOD_LOSSES if name != "cross_entropy")
+# Methods that also train on the clean meta set, and the authors' MetaLabelNet.
+CLEAN_DATA_BASELINES = (
+    "cross_entropy_clean", "gold_loss_correction", "fine_tune", "meta_weight_net",
+    "meta_label_net_paper",
+)  # fmt: skip
+BASELINES = (
+    *(name for name in METHOD_LOSSES if name != "cross_entropy"),
+    *CLEAN_DATA_BASELINES,
+)
 MODEL_SELECTION = "best accuracy on the clean validation split"
 
 
@@ -125,6 +135,16 @@ def run(config, out_dir, verbose=1):
     for method in methods:
         if method == "meta_label_net":
             histories[method], label_correction = _meta_label_net_stage(session, warm_up_dir)
+        elif method == "meta_label_net_paper":
+            histories[method], _ = _meta_label_net_stage(
+                session, warm_up_dir, method, options_lib.PAPER
+            )
+        elif method in ("cross_entropy_clean", "gold_loss_correction"):
+            histories[method] = _noisy_plus_clean_stage(session, method, warm_up_dir)
+        elif method == "meta_weight_net":
+            histories[method] = _meta_weight_net_stage(session, warm_up_dir)
+        elif method == "fine_tune":
+            histories[method] = _fine_tune_stage(session)
         else:
             histories[method] = _plain_stage(session, method, warm_up_dir)
     if config.clean_reference:
@@ -132,6 +152,9 @@ def run(config, out_dir, verbose=1):
 
     results = _results(session, warm_up_history, warm_up_cached, histories, label_correction)
     results["methods"] = select_epochs(warm_up_history, histories)
+    if "fine_tune" in histories:
+        with open(os.path.join(out_dir, "stages", "fine_tune", "settings.json")) as f:
+            results["fine_tune"] = json.load(f)
     report.write_history(os.path.join(out_dir, "history.csv"), warm_up_history, histories)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -140,7 +163,7 @@ def run(config, out_dir, verbose=1):
     report.plot_confusion_matrices(
         os.path.join(out_dir, "confusion_matrix.png"),
         {method: _confusion_matrix(session, method, results, warm_up_dir) for method in
-         ("cross_entropy", "meta_label_net")},
+         histories},
         data.class_names,
     )  # fmt: skip
     if label_correction is not None:
@@ -259,25 +282,28 @@ def _plain_stage(session, method, warm_up_dir):
                       _evaluate(session, classifier, method))  # fmt: skip
 
 
-def _meta_label_net_stage(session, warm_up_dir):
+def _meta_label_net_stage(session, warm_up_dir, method="meta_label_net", options=None):
+    """MetaLabelNet with the run's options, or `options` (the authors' for a baseline)."""
     config = session.config
-    _log(session.verbose, f"Meta stage, meta_label_net: {config.meta_epochs} epochs")
+    _log(session.verbose, f"Meta stage, {method}: {config.meta_epochs} epochs")
     keras.utils.set_random_seed(config.seed + 1)
     classifier = _warm_started_classifier(session, _cross_entropy(), warm_up_dir)
     with session.strategy.scope():
         model = MetaLabelNet(
-            classifier, feature_layer=classifiers.FEATURE_LAYER, options=config.options
-        )
+            classifier, feature_layer=classifiers.FEATURE_LAYER,
+            options=options or config.options,
+        )  # fmt: skip
         model.compile(
             optimizer=paper_classifier_optimizer(config.learning_rates[0]),
             # Under a strategy Keras runs without XLA; MetaLabelNet warns if it was asked.
             jit_compile=config.jit_compile,
         )
     schedule.start_meta_stage(model, classifier)
-    callbacks = [_evaluate(session, model.classifier, "meta_label_net")]
+    callbacks = [_evaluate(session, model.classifier, method)]
     correction = None
     data = session.data
-    if data.source is not None and data.train_clean_labels is not None:
+    has_true_labels = data.source is not None and data.train_clean_labels is not None
+    if method == "meta_label_net" and has_true_labels:
         wrong = ~data.train_label_is_correct
         if config.max_train_examples:
             wrong[config.max_train_examples :] = False
@@ -291,10 +317,10 @@ def _meta_label_net_stage(session, warm_up_dir):
     stream = mln_data.with_meta(
         train, data.meta, config.batch_size, seed=config.seed + config.warmup_epochs
     )
-    history = _fit_stage(session, "meta_label_net", model, stream, config.warmup_epochs,
+    history = _fit_stage(session, method, model, stream, config.warmup_epochs,
                          config.last_epoch,
                          *callbacks)  # fmt: skip
-    model.save(os.path.join(session.out_dir, "meta_label_net.keras"))
+    model.save(os.path.join(session.out_dir, f"{method}.keras"))
     initial = None
     if correction is not None:
         state_path = os.path.join(session.out_dir, "stages", "meta_label_net", "initial.json")
@@ -304,6 +330,86 @@ def _meta_label_net_stage(session, warm_up_dir):
         with open(state_path) as f:
             initial = json.load(f)["label_correction"]
     return history, initial
+
+
+def _noisy_plus_clean_stage(session, method, warm_up_dir):
+    """Cross-entropy on the noisy and the meta batches together; for GLC the noisy loss is
+    forward-corrected by the matrix the warm-up classifier gives on the meta set."""
+    config, data = session.config, session.data
+    _log(session.verbose, f"Meta stage, {method}: {config.meta_epochs} epochs")
+    keras.utils.set_random_seed(config.seed + 1)
+    classifier = _warm_started_classifier(session, _cross_entropy(), warm_up_dir)
+    noisy_loss = _cross_entropy()
+    if method == "gold_loss_correction":
+        images = data.meta.map(lambda image, label: image).batch(512)
+        labels = np.concatenate([y for _, y in data.meta.batch(4096).as_numpy_iterator()])
+        noisy_loss = losses.ForwardCorrection(
+            clean_baselines.gold_transition_matrix(classifier, images, labels, data.num_classes)
+        )
+    with session.strategy.scope():
+        model = clean_baselines.NoisyPlusClean(classifier, noisy_loss=noisy_loss)
+        model.compile(optimizer=paper_classifier_optimizer(config.learning_rates[0]),
+                      jit_compile=config.jit_compile)  # fmt: skip
+    schedule.continue_optimizer(classifier.optimizer, model.optimizer)
+    stream = mln_data.with_meta(session.train, data.meta, config.batch_size,
+                                seed=config.seed + config.warmup_epochs)  # fmt: skip
+    return _fit_stage(session, method, model, stream, config.warmup_epochs, config.last_epoch,
+                      _evaluate(session, model.classifier, method))  # fmt: skip
+
+
+def _meta_weight_net_stage(session, warm_up_dir):
+    """Meta-Weight-Net from the warm-up, on the same batches and schedule as MetaLabelNet."""
+    config, method = session.config, "meta_weight_net"
+    _log(session.verbose, f"Meta stage, {method}: {config.meta_epochs} epochs")
+    keras.utils.set_random_seed(config.seed + 1)
+    classifier = _warm_started_classifier(session, _cross_entropy(), warm_up_dir)
+    with session.strategy.scope():
+        model = MetaWeightNet(classifier)  # α follows the classifier's learning rate
+        model.compile(optimizer=paper_classifier_optimizer(config.learning_rates[0]),
+                      jit_compile=config.jit_compile)  # fmt: skip
+    schedule.start_meta_stage(model, classifier)
+    stream = mln_data.with_meta(session.train, session.data.meta, config.batch_size,
+                                seed=config.seed + config.warmup_epochs)  # fmt: skip
+    return _fit_stage(session, method, model, stream, config.warmup_epochs, config.last_epoch,
+                      _evaluate(session, model.classifier, method))  # fmt: skip
+
+
+def _fine_tune_stage(session):
+    """The final cross-entropy model fine-tuned on the meta set; the epochs and learning
+    rate of `clean_baselines.FINE_TUNE_GRID` are chosen on the validation split. Its history
+    has one entry, at the last epoch of the schedule."""
+    config, method = session.config, "fine_tune"
+    stage_dir = os.path.join(session.out_dir, "stages", method)
+    state_path = os.path.join(stage_dir, "history.json")
+    if os.path.exists(state_path):
+        with open(state_path) as f:
+            return json.load(f)
+    _log(session.verbose, f"{method}: the final cross-entropy model, fine-tuned on the meta "
+                          "set; the setting chosen on the validation split")  # fmt: skip
+    keras.utils.set_random_seed(config.seed + 2)
+    start = _warm_started_classifier(
+        session, _cross_entropy(), os.path.join(session.out_dir, "stages", "cross_entropy")
+    )
+    meta_batches = mln_data.batched(session.data.meta, config.batch_size, shuffle=True,
+                                    seed=config.seed)  # fmt: skip
+    settings, best, scores = clean_baselines.search_fine_tune(
+        start, meta_batches, session.evaluation["validation"], verbose=0,
+        jit_compile=config.jit_compile,
+    )  # fmt: skip
+    os.makedirs(stage_dir, exist_ok=True)
+    evaluate = EvaluateEachEpoch(best.model, session.evaluation, stage_dir)
+    logs = {"epoch_seconds": 0.0}
+    evaluate.on_epoch_begin(config.last_epoch - 1)
+    evaluate.on_epoch_end(config.last_epoch - 1, logs)
+    logs["epoch_seconds"] = 0.0  # not comparable with an epoch on the noisy set
+    history = {"epoch": [config.last_epoch], **{key: [value] for key, value in logs.items()}}
+    grid = [{**setting, "validation_accuracy": score}
+            for setting, score in zip(clean_baselines.FINE_TUNE_GRID, scores)]  # fmt: skip
+    with open(os.path.join(stage_dir, "settings.json"), "w") as f:
+        json.dump({"chosen": settings, "grid": grid}, f, indent=2)
+    with open(state_path, "w") as f:
+        json.dump(history, f, indent=2)
+    return history
 
 
 def _clean_reference_stage(session):
@@ -335,7 +441,7 @@ def _fit_stage(session, name, model, dataset, first_epoch, last_epoch, *callback
         return history
     if epoch > first_epoch:
         _log(session.verbose, f"  {name}: resuming at epoch {epoch + 1}")
-    if isinstance(model, MetaLabelNet):
+    if isinstance(model, (MetaLabelNet, MetaWeightNet, clean_baselines.NoisyPlusClean)):
         stream = dataset  # with_meta has already batched and shuffled it
     else:
         stream = mln_data.batched(dataset, config.batch_size, shuffle=True, drop_remainder=True,
