@@ -28,7 +28,8 @@ FULL = [*DIGITS, "--warmup-epochs", "1", "--meta-epochs", "3", "--learning-rate"
         "--lr-boundaries", "2", "--baselines", "--with-clean-reference"]  # fmt: skip
 METHODS = {"cross_entropy", "meta_label_net", "symmetric_cross_entropy",
            "generalized_cross_entropy", "soft_bootstrapping", "forward_correction",
-           "clean_reference"}  # fmt: skip
+           "cross_entropy_clean", "gold_loss_correction", "fine_tune", "meta_weight_net",
+           "meta_label_net_paper", "clean_reference"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +104,15 @@ def test_main_job_writes_its_files_and_reports_real_accuracies(finished_run):
         best = candidates[int(np.flatnonzero(validation == validation.max())[0])]
         chosen = results["methods"][method]
         assert chosen["best_epoch"] == int(best["epoch"]), method
-        assert chosen["validation_accuracy"] == pytest.approx(float(best["validation_accuracy"]))
+        # history.csv keeps 6 significant digits.
+        assert chosen["validation_accuracy"] == pytest.approx(
+            float(best["validation_accuracy"]), abs=1e-6
+        )
         assert chosen["test_accuracy_best_on_validation"] == pytest.approx(
-            float(best["test_accuracy"])
+            float(best["test_accuracy"]), abs=1e-6
         )
         assert chosen["test_accuracy_final"] == pytest.approx(
-            float(candidates[-1]["test_accuracy"])
+            float(candidates[-1]["test_accuracy"]), abs=1e-6
         )
         assert chosen["final_epoch"] == 4
 
@@ -138,11 +142,24 @@ def test_main_job_writes_its_files_and_reports_real_accuracies(finished_run):
 
 
 def test_learning_rate_follows_the_schedule(finished_run):
-    rates = {(r["method"], r["epoch"]): float(r["learning_rate"]) for r in _history(finished_run)}
+    rows = [r for r in _history(finished_run) if r["method"] != "fine_tune"]  # not scheduled
+    rates = {(r["method"], r["epoch"]): float(r["learning_rate"]) for r in rows}
     assert rates[("warm_up", "1")] == pytest.approx(0.05)
+    assert rates[("meta_weight_net", "3")] == rates[("gold_loss_correction", "3")] == 0.02
     assert rates[("cross_entropy", "2")] == pytest.approx(0.05)
     assert rates[("meta_label_net", "3")] == pytest.approx(0.02)
     assert rates[("clean_reference", "4")] == pytest.approx(0.02)
+
+
+def test_fine_tuning_keeps_the_setting_that_is_best_on_validation(finished_run):
+    settings = _results(finished_run)["fine_tune"]
+    scores = [entry["validation_accuracy"] for entry in settings["grid"]]
+    best = settings["grid"][scores.index(max(scores))]
+    assert settings["chosen"] == {"epochs": best["epochs"], "learning_rate": best["learning_rate"]}
+    assert len(settings["grid"]) == len(mln_tf.clean_baselines.FINE_TUNE_GRID)
+    fine_tuned = [r for r in _history(finished_run) if r["method"] == "fine_tune"]
+    assert [r["epoch"] for r in fine_tuned] == ["4"]
+    assert float(fine_tuned[0]["validation_accuracy"]) == pytest.approx(max(scores), abs=1e-6)
 
 
 def test_label_correction_is_measured_on_the_wrong_labels(finished_run):
