@@ -18,7 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mln_tf import distribute, keras_compat, losses
+from mln_tf import distribute, losses, training_batch
+from mln_tf.classifier_trainer import ClassifierTrainer, check_classifier, serialize_model
 from mln_tf.optimizers import paper_classifier_optimizer
 
 BATCH_STRUCTURE = (
@@ -38,7 +39,7 @@ FINE_TUNE_GRID = tuple(
 
 
 @keras.saving.register_keras_serializable(package="mln_tf")
-class NoisyPlusClean(keras.Model):
+class NoisyPlusClean(ClassifierTrainer):
     """Trains a classifier on its noisy batch and a clean meta batch at once.
 
     Each `fit` step runs the classifier once, in training mode, on the noisy batch and the
@@ -97,65 +98,28 @@ class NoisyPlusClean(keras.Model):
     ['clean_loss', 'loss', 'noisy_loss']
     """
 
+    loss_hint = (
+        "takes its losses in the constructor: pass `noisy_loss=` there and call `compile()` "
+        "without `loss`."
+    )
+
     def __init__(self, classifier, noisy_loss=None, clean_weight=1.0, **kwargs):
         kwargs.setdefault("name", "noisy_plus_clean")
-        super().__init__(**kwargs)
-        _check_classifier(classifier)
-        self.classifier = classifier
-        self.num_classes = int(classifier.output_shape[-1])
+        super().__init__(classifier, **kwargs)
         if noisy_loss is None:
             noisy_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self.noisy_loss = _check_noisy_loss(noisy_loss, self.num_classes)
         self.clean_weight = _check_clean_weight(clean_weight)
 
-        self.loss_tracker = keras.metrics.Mean(name="loss")
         self.noisy_loss_tracker = keras.metrics.Mean(name="noisy_loss")
         self.clean_loss_tracker = keras.metrics.Mean(name="clean_loss")
-        self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.built = True
-
-    def compile(self, optimizer=None, *, loss=None, metrics=None, **kwargs):
-        """Configures the model for training.
-
-        Args:
-            optimizer: the classifier's optimizer. Defaults to the authors' SGD (1e-2,
-                momentum 0.9, coupled weight decay 1e-4).
-            loss: must be `None`: the losses are the constructor's.
-            metrics: must be `None`: the model reports its own metrics.
-            **kwargs: arguments of `keras.Model.compile` (`jit_compile`,
-                `steps_per_execution`, `run_eagerly`, ...).
-        """
-        if loss is not None:
-            raise ValueError(
-                f"Invalid value for argument `loss`. Received: loss={loss!r}. NoisyPlusClean "
-                "takes its losses in the constructor: pass `noisy_loss=` there and call "
-                "`compile()` without `loss`."
-            )
-        if metrics is not None:
-            raise ValueError(
-                f"Invalid value for argument `metrics`. Received: metrics={metrics!r}. "
-                "NoisyPlusClean reports `loss`, `noisy_loss` and `clean_loss` in training "
-                "and `loss` and `accuracy` in evaluation; call `compile()` without `metrics`."
-            )
-        optimizer = keras.optimizers.get(optimizer or paper_classifier_optimizer())
-        super().compile(optimizer=optimizer, **kwargs)
-        # Built now, so that a warm-up optimizer's state can be copied in, or a saved one loaded.
-        if not self.optimizer.built:
-            self.optimizer.build(self.classifier.trainable_variables)
-
-    def compile_from_config(self, config):
-        # Keras skips an overridden `compile` on load; call it, optimizer included.
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
 
     def get_config(self):
         config = super().get_config()
-        classifier_config = keras.saving.serialize_keras_object(self.classifier)
-        # The warm-up's compilation is not part of this model's state.
-        classifier_config.pop("compile_config", None)
         config.update(
             {
-                "classifier": classifier_config,
+                "classifier": serialize_model(self.classifier),
                 "noisy_loss": keras.losses.serialize(self.noisy_loss),
                 "clean_weight": self.clean_weight,
             }
@@ -170,16 +134,8 @@ class NoisyPlusClean(keras.Model):
         return cls(**config)
 
     @property
-    def metrics(self):
-        return [
-            self.loss_tracker,
-            self.noisy_loss_tracker,
-            self.clean_loss_tracker,
-            self.accuracy_tracker,
-        ]
-
-    def call(self, inputs, training=None):
-        return self.classifier(inputs, training=training)
+    def training_trackers(self):
+        return [self.noisy_loss_tracker, self.clean_loss_tracker]
 
     def train_step(self, data):
         x, y, x_meta, y_meta = _unpack(data, self.classifier.input_shape)
@@ -210,13 +166,7 @@ class NoisyPlusClean(keras.Model):
         self.loss_tracker.update_state(loss)
         self.noisy_loss_tracker.update_state(noisy_loss)
         self.clean_loss_tracker.update_state(clean_loss)
-        return keras_compat.step_logs(
-            {
-                "loss": distribute.result_across_replicas(self.loss_tracker),
-                "noisy_loss": distribute.result_across_replicas(self.noisy_loss_tracker),
-                "clean_loss": distribute.result_across_replicas(self.clean_loss_tracker),
-            }
-        )
+        return self._training_logs()
 
     def noisy_loss_of(self, labels, logits):
         """`noisy_loss` averaged over the examples whose label is not -1 (0 if none).
@@ -233,26 +183,6 @@ class NoisyPlusClean(keras.Model):
         per_example = self.noisy_loss.call(tf.maximum(labels, 0), logits)
         per_example = tf.reshape(tf.cast(per_example, logits.dtype), [-1])
         return tf.reduce_sum(labeled * per_example) / tf.maximum(tf.reduce_sum(labeled), 1.0)
-
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if y is None:
-            raise ValueError(
-                "`evaluate` and `validation_data` need labelled batches `(x, y)`; "
-                "the batch has no labels."
-            )
-        logits = self.classifier(x, training=False)
-        _check_labels(y, "y")
-        y = tf.reshape(tf.cast(y, tf.int32), [-1])
-        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-        self.loss_tracker.update_state(cross_entropy, sample_weight=sample_weight)
-        self.accuracy_tracker.update_state(y, logits, sample_weight=sample_weight)
-        return keras_compat.step_logs(
-            {
-                "loss": distribute.result_across_replicas(self.loss_tracker),
-                "accuracy": distribute.result_across_replicas(self.accuracy_tracker),
-            }
-        )
 
 
 def gold_transition_matrix(classifier, meta_images, meta_labels, num_classes, batch_size=512):
@@ -383,7 +313,7 @@ def fine_tune(classifier, meta_batches, *, epochs, learning_rate, validation_dat
             f"Invalid value for argument `learning_rate`. Received: "
             f"learning_rate={learning_rate!r}. Expected a positive float."
         )
-    _check_classifier(classifier)
+    check_classifier(classifier, "`fine_tune`")
     copy = keras.models.clone_model(classifier)
     copy.set_weights(classifier.get_weights())
     copy.compile(
@@ -448,25 +378,6 @@ def _softmax(logits):
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def _check_classifier(classifier):
-    if not isinstance(classifier, keras.Model):
-        raise TypeError(
-            f"Invalid type for argument `classifier`. Received: {type(classifier).__name__}. "
-            "Expected a `keras.Model` that outputs logits."
-        )
-    if not classifier.built:
-        raise ValueError(
-            f"The classifier {classifier.name!r} is not built. Build it beforehand by calling "
-            "it on a batch of data, or give it a `keras.Input`."
-        )
-    output_shape = classifier.output_shape
-    if not (isinstance(output_shape, tuple) and len(output_shape) == 2):
-        raise ValueError(
-            "The classifier must output logits of shape (batch, classes). Received output "
-            f"shape {output_shape}."
-        )
-
-
 def _check_noisy_loss(noisy_loss, num_classes):
     if not isinstance(noisy_loss, keras.losses.Loss):
         raise TypeError(
@@ -527,20 +438,11 @@ def _unpack(data, input_shape):
                 f"The batch `{name}` has examples of shape {received}, but the classifier "
                 f"expects {expected}."
             )
-    _check_labels(y, "y")
-    _check_labels(y_meta, "y_meta")
+    training_batch.check_labels_shape(y, "y")
+    training_batch.check_labels_shape(y_meta, "y_meta")
     y = tf.reshape(tf.cast(y, tf.int32), [-1])
     y_meta = tf.reshape(tf.cast(y_meta, tf.int32), [-1])
     return x, y, x_meta, y_meta
-
-
-def _check_labels(labels, name):
-    rank = labels.shape.rank
-    if labels.dtype.is_floating or not (rank == 1 or (rank == 2 and labels.shape[-1] == 1)):
-        raise ValueError(
-            f"The labels `{name}` must be integer class indices of shape (batch,). "
-            f"Received dtype {labels.dtype.name} and shape {tuple(labels.shape)}."
-        )
 
 
 def _structure(data):

@@ -9,18 +9,18 @@ internals it relies on are unchanged.
 - `step_logs` (here): under `MultiWorkerMirroredStrategy`, Keras averages a step's logs
   along axis 0, which a scalar does not have, and `fit` fails. Each value gets that axis.
   Upstream: keras-team/keras#20585 (tensorflow/tensorflow#72388).
-- `MetaLabelNet.make_train_function` (`mln_tf/meta_label_net.py`, with
-  `call_xla_step_directly` here): with `jit_compile=True`
-  Keras calls the XLA-compiled step from inside another `tf.function`. For the meta step
+- `ClassifierTrainer.make_train_function` (`mln_tf/classifier_trainer.py`, the base of
+  MetaLabelNet, MetaWeightNet and NoisyPlusClean, with `call_xla_step_directly` here): with
+  `jit_compile=True` Keras calls the XLA-compiled step from inside another `tf.function`. For the meta step
   that nesting is about 20 times slower on the CPU than calling the compiled step from
   Python, so the override hands it a list of batches, which takes the direct path. It relies
   on the private structure of Keras' TensorFlow trainer. Upstream: no issue for this case;
   keras-team/keras#18062 reports a similar gap between `compile(jit_compile=True)` and a
   direct XLA `tf.function`. `benchmarks/step_time.py`'s `*_fit` variants time this path.
-- `MetaLabelNet._maybe_symbolic_build` (`mln_tf/meta_label_net.py`, with
+- `ClassifierTrainer._maybe_symbolic_build` (`mln_tf/classifier_trainer.py`, with
   `needs_symbolic_build` here): under a strategy,
   Keras reduces the first batch across replicas only to build what is still unbuilt, and
-  under `MultiWorkerMirroredStrategy` that reduction fails. MetaLabelNet builds everything in
+  under `MultiWorkerMirroredStrategy` that reduction fails. The trainers build everything in
   `__init__` and `compile`, so the override skips it then. It overrides a private Keras
   method. Upstream: keras-team/keras#20585.
 """
@@ -45,8 +45,6 @@ def step_logs(logs):
     if not multi_worker:
         return logs
     return {key: tf.reshape(value, [1]) for key, value in logs.items()}
-
-
 
 
 def call_xla_step_directly(model, nested_call):

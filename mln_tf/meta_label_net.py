@@ -6,16 +6,14 @@ label generator g_φ = softmax(W·h(x) + b) produces soft labels ŷ; (x, ỹ) is
 (x_m, y_m) a clean meta batch.
 """
 
-import warnings
-
 import keras
 import tensorflow as tf
 
-from mln_tf import callbacks as callbacks_lib
-from mln_tf import distribute, keras_compat, losses, meta_gradient, random_state, training_batch
+from mln_tf import distribute, losses, meta_gradient, training_batch
 from mln_tf import label_generator as generator_lib
 from mln_tf import options as options_lib
-from mln_tf.optimizers import paper_classifier_optimizer, paper_generator_optimizer
+from mln_tf.classifier_trainer import MetaTrainer, built_optimizer, serialize_model
+from mln_tf.optimizers import paper_generator_optimizer
 
 # The classifier's loss on the soft labels, for both the virtual step and the real update.
 LABEL_LOSSES = {
@@ -25,7 +23,7 @@ LABEL_LOSSES = {
 
 
 @keras.saving.register_keras_serializable(package="mln_tf")
-class MetaLabelNet(keras.Model):
+class MetaLabelNet(MetaTrainer):
     """Trains a classifier on soft labels that a label generator meta-learns on clean data.
 
     The classifier must already be warmed up on the noisy labels (stage 1, plain Keras).
@@ -63,6 +61,8 @@ class MetaLabelNet(keras.Model):
     `y = -1` for unlabeled examples, or `(x, (x_meta, y_meta))` for a batch without labels.
     `mln_tf.data.with_meta` builds it. `evaluate` and `validation_data` take ordinary
     `(x, y)` batches and report the classifier's cross-entropy (`loss`) and `accuracy`.
+    `fit` and `train_on_batch` stop on a step skipped for a label out of range or a
+    non-finite loss (`mln_tf.classifier_trainer.MetaTrainer`).
 
     Distribution: create the classifier, the model and its optimizers, and call `compile`,
     inside a `tf.distribute.Strategy` scope (`MirroredStrategy`, `MultiWorkerMirroredStrategy`;
@@ -80,7 +80,7 @@ class MetaLabelNet(keras.Model):
 
     Args:
         classifier: a built functional or Sequential `keras.Model` that outputs logits of
-            shape `(batch, C)`, warmed up on the noisy labels.
+            shape `(batch, C)`, warmed up on the noisy labels, not in float16.
         feature_layer: str, the name of the layer whose output is the feature vector.
             Defaults to `None`, the input of the classifier's last layer.
         options: a `mln_tf.options.MetaLabelNetOptions`. Defaults to
@@ -105,6 +105,9 @@ class MetaLabelNet(keras.Model):
     ((None, 10), 'cross_entropy')
     """
 
+    unbuilt_classifier_reason = "MetaLabelNet copies its weights, so they must exist"
+    meta_learned_part = "generator"
+
     def __init__(
         self,
         classifier,
@@ -118,12 +121,8 @@ class MetaLabelNet(keras.Model):
     ):
         option_changes, kwargs = options_lib.split(kwargs)
         kwargs.setdefault("name", "meta_label_net")
-        super().__init__(**kwargs)
-        _check_classifier(classifier)
-        _check_created_in_scope(classifier)
-        self.classifier = classifier
+        super().__init__(classifier, **kwargs)
         self.feature_layer = feature_layer
-        self.num_classes = int(classifier.output_shape[-1])
         self._options = (options or options_lib.PAPER).replace(**option_changes)
         _check_head_layers(self._options.head_layers, classifier)
 
@@ -147,20 +146,13 @@ class MetaLabelNet(keras.Model):
         else:
             self.label_generator = label_generator
 
-        self.generator_optimizer = keras.optimizers.get(
-            generator_optimizer or paper_generator_optimizer(self.generator_learning_rate)
+        self.generator_optimizer = built_optimizer(
+            generator_optimizer or paper_generator_optimizer(self.generator_learning_rate),
+            self.label_generator.trainable_variables,
         )
-        # Built now so that its state exists when a saved model is loaded.
-        if not self.generator_optimizer.built:
-            self.generator_optimizer.build(self.label_generator.trainable_variables)
 
-        self.loss_tracker = keras.metrics.Mean(name="loss")
         self.meta_loss_tracker = keras.metrics.Mean(name="meta_loss")
         self.agreement_tracker = keras.metrics.Mean(name="label_agreement")
-        self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        # Count skipped steps; `fit` stops on the first one with an error that says why.
-        self.invalid_label_steps = keras.metrics.Sum(name="invalid_label_steps")
-        self.non_finite_steps = keras.metrics.Sum(name="non_finite_steps")
         self.built = True
 
     # Configuration
@@ -197,8 +189,7 @@ class MetaLabelNet(keras.Model):
             # Python values are constants of a traced step: trace it again.
             self.train_function = None
 
-    def compile(self, optimizer=None, generator_optimizer=None, *, loss=None, metrics=None,
-                **kwargs):  # fmt: skip
+    def compile(self, optimizer=None, generator_optimizer=None, **kwargs):
         """Configures MetaLabelNet for training.
 
         Args:
@@ -206,71 +197,44 @@ class MetaLabelNet(keras.Model):
                 momentum 0.9, weight decay 1e-4).
             generator_optimizer: the label generator's optimizer. Defaults to keeping the
                 current one.
-            loss: must be `None`: MetaLabelNet computes its own losses.
-            metrics: must be `None`: MetaLabelNet reports its own metrics.
             **kwargs: step options of `mln_tf.options.MetaLabelNetOptions` (`virtual_lr`,
                 `entropy_weight`, `virtual_scope`, `head_layers`, `meta_gradient`,
                 `virtual_batch`, `loss_scale`, `label_loss`), which replace the current
                 values; and arguments of `keras.Model.compile` (`jit_compile`,
-                `steps_per_execution`, `run_eagerly`, ...). `jit_compile` defaults to Keras'
+                `steps_per_execution`, `run_eagerly`, ...), but not `loss` or `metrics`:
+                MetaLabelNet computes its own. `jit_compile` defaults to Keras'
                 `"auto"`. Under a `tf.distribute` strategy Keras compiles no step with XLA:
                 `jit_compile=True` then warns and proceeds with `jit_compile=False`. XLA
                 compiles the second derivative of max-pooling in float32 only: with a
                 float64 or mixed-precision classifier whose max-pooling lies in the virtual
                 step, `jit_compile=True` raises a `ValueError`.
         """
-        if loss is not None:
-            raise ValueError(
-                f"Invalid value for argument `loss`. Received: loss={loss!r}. MetaLabelNet "
-                "computes its own losses; call `compile()` without `loss`."
-            )
-        if metrics:
-            raise ValueError(
-                f"Invalid value for argument `metrics`. Received: metrics={metrics!r}. "
-                "MetaLabelNet reports `loss`, `meta_loss` and `label_agreement` in training "
-                "and `loss` and `accuracy` in evaluation; call `compile()` without `metrics`."
-            )
-        option_changes, kwargs = options_lib.split(kwargs)
-        self.set_options(**option_changes)
-        if kwargs.get("jit_compile") is True and (
-            self._distribute_strategy is not None or tf.distribute.has_strategy()
-        ):
-            warnings.warn(
-                "`jit_compile=True` was requested under a `tf.distribute` strategy, but Keras "
-                "does not compile steps with XLA under a distribution strategy. Proceeding "
-                "with `jit_compile=False`. For XLA, train on one device without a strategy.",
-                stacklevel=2,
-            )
-            kwargs["jit_compile"] = False
+        super().compile(optimizer, **kwargs)
         if generator_optimizer is not None:
-            generator_optimizer = keras.optimizers.get(generator_optimizer)
-            if not generator_optimizer.built:
-                generator_optimizer.build(self.label_generator.trainable_variables)
-            self.generator_optimizer = generator_optimizer
-        optimizer = keras.optimizers.get(optimizer or paper_classifier_optimizer())
-        super().compile(optimizer=optimizer, **kwargs)
-        if self.jit_compile:
-            meta_gradient.check_xla_max_pooling(self.classifier, self._options)
-        # Only the classifier's variables: Keras would otherwise build it on the generator's too.
-        if not self.optimizer.built:
-            self.optimizer.build(self.classifier.trainable_variables)
+            self.generator_optimizer = built_optimizer(
+                generator_optimizer, self.label_generator.trainable_variables
+            )
 
-    def compile_from_config(self, config):
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
+    def _take_step_options(self, compile_kwargs):
+        option_changes, compile_kwargs = options_lib.split(compile_kwargs)
+        self.set_options(**option_changes)
+        return compile_kwargs
+
+    def _check_jit_compile(self):
+        meta_gradient.check_xla_max_pooling(self.classifier, self._options)
 
     def get_config(self):
         config = super().get_config()
         config.update(
             {
-                "classifier": _serialize_model(self.classifier),
+                "classifier": serialize_model(self.classifier),
                 "feature_layer": self.feature_layer,
                 "options": self._options.to_dict(),
                 "generator_optimizer": keras.saving.serialize_keras_object(
                     self.generator_optimizer
                 ),
-                "feature_extractor": _serialize_model(self.feature_extractor),
-                "label_generator": _serialize_model(self.label_generator),
+                "feature_extractor": serialize_model(self.feature_extractor),
+                "label_generator": serialize_model(self.label_generator),
             }
         )
         return config
@@ -284,50 +248,9 @@ class MetaLabelNet(keras.Model):
             config["options"] = options_lib.MetaLabelNetOptions(**config["options"])
         return cls(**config)
 
-    def save_own_variables(self, store):
-        # Keras does not save random-generator states; dropout needs them to resume exactly.
-        super().save_own_variables(store)
-        random_state.save_random_states(self.classifier, store)
-
-    def load_own_variables(self, store):
-        # Not strict: a file saved without the states still loads, with fresh ones.
-        random_state.load_random_states(self.classifier, store, strict=False)
-
     @property
-    def metrics(self):
-        return [
-            self.loss_tracker,
-            self.meta_loss_tracker,
-            self.agreement_tracker,
-            self.accuracy_tracker,
-            self.invalid_label_steps,
-            self.non_finite_steps,
-        ]
-
-    def call(self, inputs, training=None):
-        return self.classifier(inputs, training=training)
-
-    def fit(self, *args, callbacks=None, **kwargs):
-        callbacks = [*(callbacks or []), callbacks_lib.StopOnSkippedStep()]
-        return super().fit(*args, callbacks=callbacks, **kwargs)
-
-    def train_on_batch(self, *args, **kwargs):
-        logs = super().train_on_batch(*args, **kwargs)
-        callbacks_lib.raise_if_a_step_was_skipped(self, "train_on_batch")
-        return logs
-
-    def make_train_function(self, force=False):
-        if self.train_function is not None and not force:
-            return self.train_function
-        super().make_train_function(force=True)
-        if self.jit_compile and not self.run_eagerly:
-            self.train_function = keras_compat.call_xla_step_directly(self, self.train_function)
-        return self.train_function
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # MetaLabelNet builds everything in __init__ and compile (keras_compat).
-        if keras_compat.needs_symbolic_build(self):
-            super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+    def training_trackers(self):
+        return [self.meta_loss_tracker, self.agreement_tracker]
 
     def refresh_feature_extractor(self):
         """Copies the classifier's current weights into the frozen feature extractor.
@@ -410,18 +333,10 @@ class MetaLabelNet(keras.Model):
         meta_step = meta_gradient.STRATEGIES[strategy](
             self, generator_inputs, batch, theta, state, moved, global_batch
         )
-        labels_ok = distribute.on_all_replicas(
-            training_batch.labels_in_range(batch, self.num_classes)
+        labels_ok, step_ok = self._step_checks(
+            batch,
+            [meta_step.virtual_step.label_loss, meta_step.meta_loss, *meta_step.generator_grads],
         )
-        step_ok = tf.logical_and(
-            labels_ok,
-            distribute.on_all_replicas(
-                _all_finite(
-                    [meta_step.virtual_step.label_loss, meta_step.meta_loss,
-                     *meta_step.generator_grads]
-                )
-            ),
-        )  # fmt: skip
 
         # 4: the generator's update
         distribute.run_if(step_ok, self._update_generator, meta_step.generator_grads)
@@ -464,12 +379,6 @@ class MetaLabelNet(keras.Model):
         grads = virtual_step.tape.gradient(logits, theta, output_gradients=logits_grads)
         return loss, grads
 
-    def _update_classifier(self, grads, new_state):
-        self.optimizer.apply(grads, self.classifier.trainable_variables)
-        # Under a strategy each replica keeps its own BN statistics, as Keras' layers do
-        for variable, value in zip(self.classifier.non_trainable_variables, new_state):
-            variable.assign(value)
-
     def _update_metrics(self, batch, meta_step, loss, labels_ok, step_ok):
         self.loss_tracker.update_state(loss)
         self.meta_loss_tracker.update_state(meta_step.meta_loss)
@@ -478,38 +387,8 @@ class MetaLabelNet(keras.Model):
             predicted = tf.argmax(meta_step.soft_labels, -1, output_type=y.dtype)
             agrees = tf.cast(tf.equal(predicted, y), "float32")
             self.agreement_tracker.update_state(agrees, sample_weight=tf.cast(y >= 0, "float32"))
-        # Once per step, not once per replica: the flags are the same on every replica.
-        self.invalid_label_steps.update_state(distribute.count_once(tf.logical_not(labels_ok)))
-        self.non_finite_steps.update_state(
-            distribute.count_once(tf.logical_and(labels_ok, tf.logical_not(step_ok)))
-        )
-        return keras_compat.step_logs(
-            {
-                "loss": distribute.result_across_replicas(self.loss_tracker),
-                "meta_loss": distribute.result_across_replicas(self.meta_loss_tracker),
-                "label_agreement": distribute.result_across_replicas(self.agreement_tracker),
-            }
-        )
-
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if y is None:
-            raise ValueError(
-                "`evaluate` and `validation_data` need labelled batches `(x, y)`; "
-                "the batch has no labels."
-            )
-        logits = self.classifier(x, training=False)
-        training_batch.check_labels_shape(y, "y")
-        y = tf.reshape(tf.cast(y, tf.int32), [-1])
-        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-        self.loss_tracker.update_state(cross_entropy, sample_weight=sample_weight)
-        self.accuracy_tracker.update_state(y, logits, sample_weight=sample_weight)
-        return keras_compat.step_logs(
-            {
-                "loss": distribute.result_across_replicas(self.loss_tracker),
-                "accuracy": distribute.result_across_replicas(self.accuracy_tracker),
-            }
-        )
+        self._count_skipped_steps(labels_ok, step_ok)
+        return self._training_logs()
 
 
 def _option_property(name):
@@ -526,49 +405,6 @@ for _name in options_lib.NAMES:
     setattr(MetaLabelNet, _name, _option_property(_name))
 
 
-def _check_classifier(classifier):
-    if not isinstance(classifier, keras.Model):
-        raise TypeError(
-            f"Invalid type for argument `classifier`. Received: {type(classifier).__name__}. "
-            "Expected a `keras.Model` that outputs logits."
-        )
-    if not classifier.built:
-        raise ValueError(
-            f"The classifier {classifier.name!r} is not built. MetaLabelNet copies its weights, "
-            "so they must exist: build it beforehand by calling it on a batch of data, or give "
-            "it a `keras.Input`."
-        )
-    output_shape = classifier.output_shape
-    if not (isinstance(output_shape, tuple) and len(output_shape) == 2):
-        raise ValueError(
-            f"The classifier must output logits of shape (batch, classes). Received output "
-            f"shape {output_shape}."
-        )
-    last = classifier.layers[-1]
-    if isinstance(last, keras.layers.Softmax) or getattr(last, "activation", None) in (
-        keras.activations.softmax,
-        keras.activations.sigmoid,
-    ):
-        raise ValueError(
-            f"The classifier's last layer {last.name!r} applies a softmax (or sigmoid): it "
-            "outputs probabilities, but MetaLabelNet needs logits. Remove the activation "
-            '(`Dense(num_classes)` without `activation="softmax"`); apply the softmax at '
-            "prediction time."
-        )
-    float16 = [
-        layer.name for layer in classifier._flatten_layers() if layer.compute_dtype == "float16"
-    ]
-    if float16:
-        raise ValueError(
-            f"The classifier computes in float16 (layers {', '.join(float16[:3])}...), as under "
-            "the `mixed_float16` policy. MetaLabelNet does not support it: the virtual step's "
-            "gradient and the meta-gradient's second-order term, of order 1/(B·C), underflow "
-            "to exactly 0 in float16 without loss scaling, and the generator would silently "
-            'stop learning. Use `keras.mixed_precision.set_dtype_policy("mixed_bfloat16")`, '
-            "which keeps float32's range, or float32."
-        )
-
-
 def _check_head_layers(head_layers, classifier):
     weighted = [layer.name for layer in meta_gradient.weighted_layers(classifier)]
     if not 1 <= head_layers <= len(weighted):
@@ -579,29 +415,3 @@ def _check_head_layers(head_layers, classifier):
             f"innermost layers with trainable weights (the last: {shown})."
         )
     return head_layers
-
-
-def _check_created_in_scope(model):
-    """Under a strategy, the classifier's variables must be distributed ones."""
-    if not tf.distribute.has_strategy():
-        return
-    strategy = tf.distribute.get_strategy()
-    for variable in model.weights:
-        if not strategy.extended.variable_created_in_scope(variable.value):
-            raise ValueError(
-                f"The classifier {model.name!r} was created outside `strategy.scope()`: its "
-                f"variable {variable.path!r} is not distributed. Create the classifier inside "
-                "the scope, or copy it there: `classifier = keras.models.clone_model(warm)` "
-                "then `classifier.set_weights(warm.get_weights())`."
-            )
-
-
-def _serialize_model(model):
-    config = keras.saving.serialize_keras_object(model)
-    # The warm-up compilation is not part of MetaLabelNet's state.
-    config.pop("compile_config", None)
-    return config
-
-
-def _all_finite(tensors):
-    return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in tensors]))

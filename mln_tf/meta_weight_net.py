@@ -10,13 +10,12 @@ the weight net V_ψ, a 1-H-1 perceptron (ReLU, then a sigmoid), maps a loss to a
 """
 
 import dataclasses
-import warnings
 
 import keras
 import tensorflow as tf
 
-from mln_tf import callbacks as callbacks_lib
-from mln_tf import distribute, keras_compat, meta_gradient, random_state, training_batch
+from mln_tf import distribute, meta_gradient, training_batch
+from mln_tf.classifier_trainer import MetaTrainer, built_optimizer, serialize_model
 from mln_tf.optimizers import CoupledSGD, paper_generator_optimizer
 
 # The authors' optimizers: SGD(0.1, momentum 0.9, weight decay 5e-4) for the classifier
@@ -83,7 +82,7 @@ def example_losses(labels, logits):
 
 
 @keras.saving.register_keras_serializable(package="mln_tf")
-class MetaWeightNet(keras.Model):
+class MetaWeightNet(MetaTrainer):
     """Trains a classifier on noisy labels, weighting each loss by a meta-learned weight net.
 
     Each `fit` step:
@@ -114,10 +113,13 @@ class MetaWeightNet(keras.Model):
     Training data: each element is `((x, y), (x_meta, y_meta))` with integer labels, as
     `mln_tf.data.with_meta` builds it. An example with `y = -1` (unlabeled) gets weight 0
     but still counts in B. `evaluate` and `validation_data` take ordinary `(x, y)` batches
-    and report the classifier's cross-entropy (`loss`) and `accuracy`.
+    and report the classifier's cross-entropy (`loss`) and `accuracy`. `fit` and
+    `train_on_batch` stop on a step skipped for a label out of range or a non-finite loss
+    (`mln_tf.classifier_trainer.MetaTrainer`).
 
     Args:
-        classifier: a built `keras.Model` that outputs logits of shape `(batch, C)`.
+        classifier: a built `keras.Model` that outputs logits of shape `(batch, C)`, not
+            in float16.
         hidden_units: int, the weight net's hidden units H. Defaults to 100.
         virtual_lr: positive float α, or `None` for the classifier optimizer's current
             learning rate. Defaults to `None`.
@@ -141,6 +143,8 @@ class MetaWeightNet(keras.Model):
     301
     """
 
+    meta_learned_part = "weight net"
+
     def __init__(
         self,
         classifier,
@@ -154,8 +158,7 @@ class MetaWeightNet(keras.Model):
         **kwargs,
     ):
         kwargs.setdefault("name", "meta_weight_net")
-        super().__init__(**kwargs)
-        _check_classifier(classifier)
+        super().__init__(classifier, **kwargs)
         _check_positive_int("hidden_units", hidden_units)
         if virtual_lr is not None and (
             isinstance(virtual_lr, bool) or not isinstance(virtual_lr, (int, float))
@@ -178,28 +181,19 @@ class MetaWeightNet(keras.Model):
                 f"Expected an integer from 1 to {num_weighted}, the number of the classifier's "
                 "innermost layers with trainable weights."
             )
-        self.classifier = classifier
-        self.num_classes = int(classifier.output_shape[-1])
         self.hidden_units = hidden_units
         self.virtual_lr = None if virtual_lr is None else float(virtual_lr)
         self.virtual_scope = virtual_scope
         self.head_layers = head_layers
         self.weight_net = build_weight_net(hidden_units) if weight_net is None else weight_net
 
-        self.weight_net_optimizer = keras.optimizers.get(
-            weight_net_optimizer or paper_generator_optimizer(WEIGHT_NET_LEARNING_RATE)
+        self.weight_net_optimizer = built_optimizer(
+            weight_net_optimizer or paper_generator_optimizer(WEIGHT_NET_LEARNING_RATE),
+            self.weight_net.trainable_variables,
         )
-        # Built now so that its state exists when a saved model is loaded.
-        if not self.weight_net_optimizer.built:
-            self.weight_net_optimizer.build(self.weight_net.trainable_variables)
 
-        self.loss_tracker = keras.metrics.Mean(name="loss")
         self.meta_loss_tracker = keras.metrics.Mean(name="meta_loss")
         self.mean_weight_tracker = keras.metrics.Mean(name="mean_weight")
-        self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        # Count skipped steps; `fit` stops on the first one with an error that says why.
-        self.invalid_label_steps = keras.metrics.Sum(name="invalid_label_steps")
-        self.non_finite_steps = keras.metrics.Sum(name="non_finite_steps")
         self.built = True
 
     @property
@@ -208,8 +202,7 @@ class MetaWeightNet(keras.Model):
 
     # Configuration
 
-    def compile(self, optimizer=None, weight_net_optimizer=None, *, loss=None, metrics=None,
-                **kwargs):  # fmt: skip
+    def compile(self, optimizer=None, weight_net_optimizer=None, **kwargs):
         """Configures Meta-Weight-Net for training.
 
         Args:
@@ -217,61 +210,38 @@ class MetaWeightNet(keras.Model):
                 momentum 0.9, coupled weight decay 5e-4).
             weight_net_optimizer: the weight net's optimizer. Defaults to keeping the
                 current one.
-            loss: must be `None`: Meta-Weight-Net computes its own losses.
-            metrics: must be `None`: Meta-Weight-Net reports its own metrics.
             **kwargs: arguments of `keras.Model.compile` (`jit_compile`,
-                `steps_per_execution`, ...). Under a `tf.distribute` strategy Keras compiles
-                no step with XLA: `jit_compile=True` then warns and proceeds without it.
+                `steps_per_execution`, ...), but not `loss` or `metrics`: Meta-Weight-Net
+                computes its own. Under a `tf.distribute` strategy Keras compiles no step
+                with XLA: `jit_compile=True` then warns and proceeds without it.
         """
-        if loss is not None:
-            raise ValueError(
-                f"Invalid value for argument `loss`. Received: loss={loss!r}. MetaWeightNet "
-                "computes its own losses; call `compile()` without `loss`."
-            )
-        if metrics:
-            raise ValueError(
-                f"Invalid value for argument `metrics`. Received: metrics={metrics!r}. "
-                "MetaWeightNet reports `loss`, `meta_loss` and `mean_weight` in training "
-                "and `loss` and `accuracy` in evaluation; call `compile()` without `metrics`."
-            )
-        if kwargs.get("jit_compile") is True and (
-            self._distribute_strategy is not None or tf.distribute.has_strategy()
-        ):
-            warnings.warn(
-                "`jit_compile=True` was requested under a `tf.distribute` strategy, but Keras "
-                "does not compile steps with XLA under a distribution strategy. Proceeding "
-                "with `jit_compile=False`. For XLA, train on one device without a strategy.",
-                stacklevel=2,
-            )
-            kwargs["jit_compile"] = False
+        super().compile(optimizer, **kwargs)
         if weight_net_optimizer is not None:
-            weight_net_optimizer = keras.optimizers.get(weight_net_optimizer)
-            if not weight_net_optimizer.built:
-                weight_net_optimizer.build(self.weight_net.trainable_variables)
-            self.weight_net_optimizer = weight_net_optimizer
-        optimizer = keras.optimizers.get(optimizer or _authors_classifier_optimizer())
-        super().compile(optimizer=optimizer, **kwargs)
-        if self.jit_compile:
-            meta_gradient.check_xla_max_pooling(self.classifier, self._scope)
-        # Only the classifier's variables: Keras would otherwise build it on the weight net's.
-        if not self.optimizer.built:
-            self.optimizer.build(self.classifier.trainable_variables)
+            self.weight_net_optimizer = built_optimizer(
+                weight_net_optimizer, self.weight_net.trainable_variables
+            )
 
-    def compile_from_config(self, config):
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
+    def _default_optimizer(self):
+        return CoupledSGD(
+            CLASSIFIER_LEARNING_RATE,
+            momentum=CLASSIFIER_MOMENTUM,
+            coupled_weight_decay=CLASSIFIER_WEIGHT_DECAY,
+        )
+
+    def _check_jit_compile(self):
+        meta_gradient.check_xla_max_pooling(self.classifier, self._scope)
 
     def get_config(self):
         config = super().get_config()
         config.update(
             {
-                "classifier": _serialize_model(self.classifier),
+                "classifier": serialize_model(self.classifier),
                 "hidden_units": self.hidden_units,
                 "virtual_lr": self.virtual_lr,
                 "weight_net_optimizer": keras.saving.serialize_keras_object(
                     self.weight_net_optimizer
                 ),
-                "weight_net": _serialize_model(self.weight_net),
+                "weight_net": serialize_model(self.weight_net),
                 "virtual_scope": self.virtual_scope,
                 "head_layers": self.head_layers,
             }
@@ -285,50 +255,9 @@ class MetaWeightNet(keras.Model):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
 
-    def save_own_variables(self, store):
-        # Keras does not save random-generator states; dropout needs them to resume exactly.
-        super().save_own_variables(store)
-        random_state.save_random_states(self.classifier, store)
-
-    def load_own_variables(self, store):
-        # Not strict: a file saved without the states still loads, with fresh ones.
-        random_state.load_random_states(self.classifier, store, strict=False)
-
     @property
-    def metrics(self):
-        return [
-            self.loss_tracker,
-            self.meta_loss_tracker,
-            self.mean_weight_tracker,
-            self.accuracy_tracker,
-            self.invalid_label_steps,
-            self.non_finite_steps,
-        ]
-
-    def call(self, inputs, training=None):
-        return self.classifier(inputs, training=training)
-
-    def fit(self, *args, callbacks=None, **kwargs):
-        callbacks = [*(callbacks or []), callbacks_lib.StopOnSkippedStep()]
-        return super().fit(*args, callbacks=callbacks, **kwargs)
-
-    def train_on_batch(self, *args, **kwargs):
-        logs = super().train_on_batch(*args, **kwargs)
-        callbacks_lib.raise_if_a_step_was_skipped(self, "train_on_batch")
-        return logs
-
-    def make_train_function(self, force=False):
-        if self.train_function is not None and not force:
-            return self.train_function
-        super().make_train_function(force=True)
-        if self.jit_compile and not self.run_eagerly:
-            self.train_function = keras_compat.call_xla_step_directly(self, self.train_function)
-        return self.train_function
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # MetaWeightNet builds everything in __init__ and compile (keras_compat).
-        if keras_compat.needs_symbolic_build(self):
-            super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+    def training_trackers(self):
+        return [self.meta_loss_tracker, self.mean_weight_tracker]
 
     def predict_weights(self, losses_per_example):
         """The weight net's weights V_ψ(ℓ) for given losses, as numpy of shape `(N,)`."""
@@ -375,14 +304,8 @@ class MetaWeightNet(keras.Model):
                 batch.x_meta, batch.y_meta,
             )  # fmt: skip
         weight_net_grads = meta_tape.gradient(scaled_meta_loss, self.weight_net.trainable_variables)
-        labels_ok = distribute.on_all_replicas(
-            training_batch.labels_in_range(batch, self.num_classes)
-        )
-        step_ok = tf.logical_and(
-            labels_ok,
-            distribute.on_all_replicas(
-                _all_finite([step.label_loss, meta_loss, *weight_net_grads])
-            ),
+        labels_ok, step_ok = self._step_checks(
+            batch, [step.label_loss, meta_loss, *weight_net_grads]
         )
 
         # 4: the weight net's update
@@ -437,58 +360,14 @@ class MetaWeightNet(keras.Model):
         grads = step.tape.gradient(logits, theta, output_gradients=logits_grads)
         return loss, weights, grads
 
-    def _update_classifier(self, grads, new_state):
-        self.optimizer.apply(grads, self.classifier.trainable_variables)
-        # Under a strategy each replica keeps its own BN statistics, as Keras' layers do
-        for variable, value in zip(self.classifier.non_trainable_variables, new_state):
-            variable.assign(value)
-
     def _update_metrics(self, batch, loss, meta_loss, weights, labels_ok, step_ok):
         self.loss_tracker.update_state(loss)
         self.meta_loss_tracker.update_state(meta_loss)
         self.mean_weight_tracker.update_state(
             weights, sample_weight=tf.cast(batch.y >= 0, weights.dtype)
         )
-        # Once per step, not once per replica: the flags are the same on every replica.
-        self.invalid_label_steps.update_state(distribute.count_once(tf.logical_not(labels_ok)))
-        self.non_finite_steps.update_state(
-            distribute.count_once(tf.logical_and(labels_ok, tf.logical_not(step_ok)))
-        )
-        return keras_compat.step_logs(
-            {
-                "loss": distribute.result_across_replicas(self.loss_tracker),
-                "meta_loss": distribute.result_across_replicas(self.meta_loss_tracker),
-                "mean_weight": distribute.result_across_replicas(self.mean_weight_tracker),
-            }
-        )
-
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if y is None:
-            raise ValueError(
-                "`evaluate` and `validation_data` need labelled batches `(x, y)`; "
-                "the batch has no labels."
-            )
-        logits = self.classifier(x, training=False)
-        training_batch.check_labels_shape(y, "y")
-        y = tf.reshape(tf.cast(y, tf.int32), [-1])
-        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-        self.loss_tracker.update_state(cross_entropy, sample_weight=sample_weight)
-        self.accuracy_tracker.update_state(y, logits, sample_weight=sample_weight)
-        return keras_compat.step_logs(
-            {
-                "loss": distribute.result_across_replicas(self.loss_tracker),
-                "accuracy": distribute.result_across_replicas(self.accuracy_tracker),
-            }
-        )
-
-
-def _authors_classifier_optimizer():
-    return CoupledSGD(
-        CLASSIFIER_LEARNING_RATE,
-        momentum=CLASSIFIER_MOMENTUM,
-        coupled_weight_decay=CLASSIFIER_WEIGHT_DECAY,
-    )
+        self._count_skipped_steps(labels_ok, step_ok)
+        return self._training_logs()
 
 
 def _check_positive_int(name, value):
@@ -497,33 +376,3 @@ def _check_positive_int(name, value):
             f"Invalid value for argument `{name}`. Received: {name}={value!r}. "
             "Expected a positive integer."
         )
-
-
-def _check_classifier(classifier):
-    if not isinstance(classifier, keras.Model):
-        raise TypeError(
-            f"Invalid type for argument `classifier`. Received: {type(classifier).__name__}. "
-            "Expected a `keras.Model` that outputs logits."
-        )
-    if not classifier.built:
-        raise ValueError(
-            f"The classifier {classifier.name!r} is not built. Build it beforehand by calling "
-            "it on a batch of data, or give it a `keras.Input`."
-        )
-    output_shape = classifier.output_shape
-    if not (isinstance(output_shape, tuple) and len(output_shape) == 2):
-        raise ValueError(
-            f"The classifier must output logits of shape (batch, classes). Received output "
-            f"shape {output_shape}."
-        )
-
-
-def _serialize_model(model):
-    config = keras.saving.serialize_keras_object(model)
-    # A warm-up compilation is not part of MetaWeightNet's state.
-    config.pop("compile_config", None)
-    return config
-
-
-def _all_finite(tensors):
-    return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in tensors]))

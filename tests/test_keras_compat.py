@@ -8,13 +8,13 @@ import pytest
 import tensorflow as tf
 
 from mln_tf import keras_compat
-from mln_tf.meta_label_net import MetaLabelNet
+from mln_tf.classifier_trainer import ClassifierTrainer
 
 # Each workaround, as the module docstring names it, and where it must still be defined.
 WORKAROUNDS = {
     "`step_logs`": (keras_compat, "step_logs"),
-    "`MetaLabelNet.make_train_function`": (MetaLabelNet, "make_train_function"),
-    "`MetaLabelNet._maybe_symbolic_build`": (MetaLabelNet, "_maybe_symbolic_build"),
+    "`ClassifierTrainer.make_train_function`": (ClassifierTrainer, "make_train_function"),
+    "`ClassifierTrainer._maybe_symbolic_build`": (ClassifierTrainer, "_maybe_symbolic_build"),
 }
 
 
@@ -66,7 +66,7 @@ def test_upgrade_message_lists_every_workaround_and_its_upstream_issue():
 @pytest.mark.parametrize("name", list(WORKAROUNDS))
 def test_each_listed_workaround_still_exists(name):
     owner, attribute = WORKAROUNDS[name]
-    # Defined on MetaLabelNet itself, not only inherited from keras.Model.
+    # Defined on ClassifierTrainer itself, not only inherited from keras.Model.
     assert attribute in vars(owner), f"{name} is listed in keras_compat's docstring but gone."
 
 

@@ -175,8 +175,9 @@ def test_invalid_options_are_rejected(kwargs, message):
 def test_classifier_head_init_needs_a_linear_dense_head_on_the_features():
     inputs = keras.Input((4,))
     hidden = layers.Dense(5, activation="tanh", name="features")(inputs)
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(hidden)
-    with pytest.raises(ValueError, match="last layer 'probabilities' is not a Dense layer"):
+    # Logits, so that the model accepts the classifier, but not a linear function of the features
+    outputs = layers.Dense(NUM_CLASSES, activation="relu", name="relu_head")(hidden)
+    with pytest.raises(ValueError, match="last layer 'relu_head' is not a Dense layer"):
         mln_tf.MetaLabelNet(
             keras.Model(inputs, outputs), feature_layer="features",
             generator_init="classifier_head",
