@@ -11,9 +11,10 @@ internals it relies on are unchanged.
   Upstream: keras-team/keras#20585 (tensorflow/tensorflow#72388).
 - `ClassifierTrainer.make_train_function` (`mln_tf/classifier_trainer.py`, the base of
   MetaLabelNet, MetaWeightNet and NoisyPlusClean, with `call_xla_step_directly` here): with
-  `jit_compile=True` Keras calls the XLA-compiled step from inside another `tf.function`. For the meta step
-  that nesting is about 20 times slower on the CPU than calling the compiled step from
-  Python, so the override hands it a list of batches, which takes the direct path. It relies
+  `jit_compile=True` Keras calls the XLA-compiled step from inside another `tf.function`.
+  For the meta step that nesting is about 20 times slower on the CPU than calling the
+  compiled step from Python, so the override hands it a list of batches, which takes the
+  direct path. It relies
   on the private structure of Keras' TensorFlow trainer. Upstream: no issue for this case;
   keras-team/keras#18062 reports a similar gap between `compile(jit_compile=True)` and a
   direct XLA `tf.function`. `benchmarks/step_time.py`'s `*_fit` variants time this path.
