@@ -36,12 +36,12 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from mln_tf import options, train  # noqa: E402
+from mln_tf import options, selection, train  # noqa: E402
 from mln_tf.report import METHOD_NAMES  # noqa: E402
 
 DEFAULT_SETTINGS = ("feature_dependent:0.4", "symmetric:0.4", "symmetric:0.8", "pair:0.45")
 DEFAULT_SEEDS = (0, 1, 2)
-# The two test accuracies of each method that the grid tabulates (`mln_tf.train.select_epochs`).
+# The two test accuracies of each method that the grid tabulates (`mln_tf.selection.select_epochs`).
 ACCURACY_KEYS = ("test_accuracy_best_on_validation", "test_accuracy_final")
 BASELINE_METHOD = "cross_entropy"
 # The settings that decide the cross-entropy baseline's result.
@@ -146,7 +146,7 @@ def selected_up_to(folder, results, last_epoch):
     for method in results["methods"]:
         with open(os.path.join(folder, "stages", method, "state.json")) as f:
             histories[method] = json.load(f)["history"]
-    return train.select_epochs(warm_up_history, histories, last_epoch=last_epoch)
+    return selection.select_epochs(warm_up_history, histories, last_epoch=last_epoch)
 
 
 def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,

@@ -25,6 +25,7 @@ MODULES = [
     "mln_tf.tuner",
     "mln_tf.options",
     "mln_tf.train_config",
+    "mln_tf.selection",
     "mln_tf.random_state",
 ]
 

@@ -228,23 +228,23 @@ def test_select_epochs_includes_the_warm_up_and_can_stop_early():
         "clean_reference": {"epoch": [1, 2, 3], "validation_accuracy": [0.1, 0.3, 0.2],
                             "test_accuracy": [0.1, 0.35, 0.25], "epoch_seconds": [4, 4, 4]},
     }  # fmt: skip
-    selected = mln_tf.train.select_epochs(warm_up, histories)
+    selected = mln_tf.selection.select_epochs(warm_up, histories)
     assert selected["cross_entropy"] == {
         "test_accuracy_best_on_validation": 0.6, "validation_accuracy": 0.9, "best_epoch": 5,
         "test_accuracy_final": 0.6, "final_epoch": 5, "seconds_per_epoch": 2.0,
     }  # fmt: skip
     # Up to epoch 4: the warm-up's last epoch ties with epoch 4 and, earlier, wins.
-    early = mln_tf.train.select_epochs(warm_up, histories, last_epoch=4)["cross_entropy"]
+    early = mln_tf.selection.select_epochs(warm_up, histories, last_epoch=4)["cross_entropy"]
     assert (early["best_epoch"], early["test_accuracy_best_on_validation"]) == (2, 0.7)
     assert (early["final_epoch"], early["test_accuracy_final"]) == (4, 0.75)
     assert early["seconds_per_epoch"] == 1.5
     # The reference starts from scratch: the warm-up is no candidate of it.
     assert selected["clean_reference"]["best_epoch"] == 2
     # Without warm-up epochs, only the method's own.
-    assert mln_tf.train.select_epochs({}, histories, last_epoch=4)["cross_entropy"][
+    assert mln_tf.selection.select_epochs({}, histories, last_epoch=4)["cross_entropy"][
         "best_epoch"] == 4  # fmt: skip
     with pytest.raises(ValueError, match="has no `validation_accuracy`"):
-        mln_tf.train.select_epochs({}, {"cross_entropy": {"epoch": [1], "meta_accuracy": [1]}})
+        mln_tf.selection.select_epochs({}, {"cross_entropy": {"epoch": [1], "meta_accuracy": [1]}})
 
 
 def test_warm_up_is_cached_and_shared(finished_run, tmp_path, cache_dir):

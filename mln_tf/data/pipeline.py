@@ -74,7 +74,7 @@ def cache_features(dataset, feature_extractor, *, batch_size=256):
 
     >>> import keras
     >>> extractor = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    >>> x = tf.zeros((8, 4)); y = tf.zeros((8,), tf.int32)
+    >>> x = tf.zeros((8, 4)); y = tf.range(8) % 2
     >>> cached = cache_features(tf.data.Dataset.from_tensor_slices((x, y)), extractor)
     >>> [tuple(t.shape) for t in cached.element_spec]
     [(4,), (), (3,)]
@@ -158,7 +158,7 @@ def with_meta(
 
     Example:
 
-    >>> x = tf.zeros((8, 4)); y = tf.zeros((8,), tf.int32)
+    >>> x = tf.zeros((8, 4)); y = tf.range(8) % 2
     >>> ds = with_meta(tf.data.Dataset.from_tensor_slices((x, y)),
     ...                tf.data.Dataset.from_tensor_slices((x, y)), batch_size=4)
     >>> [tuple(t.shape) for t in tf.nest.flatten(next(iter(ds)))]
