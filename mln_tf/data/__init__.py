@@ -8,6 +8,8 @@ by index, never from a test split) and an optional unlabeled set D_u.
   model of `mln_tf.noise` at any rate, a meta set and an unlabeled set.
 - `load_cifar10_n`, `load_cifar100_n`, `load_controlled_noisy_web_labels`: real noisy
   datasets from TFDS, with a meta set carved out of their training split.
+- `load_clothing1m`: Clothing1M from its official files, with a meta set drawn from its
+  clean training split.
 - `split_validation`: a clean validation set held out of the meta set, for tuning.
 - `with_meta`, `cache_features`, `preprocess`, `batched`: `tf.data` pipelines for
   `MetaLabelNet.fit`.
@@ -27,6 +29,7 @@ from mln_tf.data.adapters import (
     DatasetNotPreparedError,
     load_cifar10_n,
     load_cifar100_n,
+    load_clothing1m,
     load_controlled_noisy_web_labels,
 )
 from mln_tf.data.noisy_data import (
@@ -77,6 +80,7 @@ __all__ = [
     "default_meta_size",
     "load_cifar100_n",
     "load_cifar10_n",
+    "load_clothing1m",
     "load_controlled_noisy_web_labels",
     "load_noisy",
     "load_source",
