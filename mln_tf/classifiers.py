@@ -107,7 +107,8 @@ def resnet50(num_classes, input_shape=(224, 224, 3), weights=None, name="resnet5
     >>> resnet50(num_classes=14, input_shape=(64, 64, 3)).output_shape
     (None, 14)
     """
-    return _application(keras.applications.ResNet50, num_classes, input_shape, weights, name)
+    return _application(keras.applications.ResNet50, num_classes, input_shape, weights, name,
+                        preprocessing=CaffePreprocessing(name="caffe_preprocessing"))  # fmt: skip
 
 
 def inception_resnet_v2(
@@ -132,8 +133,10 @@ def inception_resnet_v2(
     >>> inception_resnet_v2(num_classes=50, input_shape=(75, 75, 3)).output_shape
     (None, 50)
     """
+    # Its ImageNet weights expect images in [-1, 1].
+    scale = layers.Rescaling(2.0, offset=-1.0, name="inception_preprocessing")
     return _application(
-        keras.applications.InceptionResNetV2, num_classes, input_shape, weights, name
+        keras.applications.InceptionResNetV2, num_classes, input_shape, weights, name, scale
     )
 
 
@@ -179,7 +182,21 @@ def build(architecture, num_classes, input_shape, weights=None):
     return builder(num_classes, input_shape=tuple(input_shape))
 
 
-def _application(application, num_classes, input_shape, weights, name):
+@keras.saving.register_keras_serializable(package="mln_tf")
+class CaffePreprocessing(layers.Layer):
+    """ImageNet "caffe" preprocessing of images in [0, 1]: RGB to BGR, 0–255, mean removed.
+
+    Keras' ResNet-50 ImageNet weights expect it (`keras.applications.resnet50.preprocess_input`).
+    """
+
+    MEAN_BGR = (103.939, 116.779, 123.68)
+
+    def call(self, images):
+        bgr = keras.ops.flip(images, axis=-1) * 255.0
+        return bgr - keras.ops.convert_to_tensor(self.MEAN_BGR, dtype=bgr.dtype)
+
+
+def _application(application, num_classes, input_shape, weights, name, preprocessing):
     _check_num_classes(num_classes)
     if weights is not None and not os.path.isfile(weights):
         raise ValueError(
@@ -191,7 +208,8 @@ def _application(application, num_classes, input_shape, weights, name):
     if weights is not None:
         backbone.load_weights(weights)
     inputs = keras.Input(input_shape, name="image")
-    x = backbone(inputs)
+    # The scaling the backbone's ImageNet weights were trained with; images come in [0, 1].
+    x = backbone(preprocessing(inputs))
     x = layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name=name)

@@ -55,13 +55,15 @@ def _describe_meta_label_net(config):
 def format_report(config, results):
     """The markdown report: test accuracy of each method, best-on-validation and final epoch,
     and its difference to cross-entropy's in the same run."""
+    rate = results["noise_rate"]
+    measured = "rate unknown" if rate is None else f"measured {rate:.3f}"
     if config.label_set is not None:
         noise = f"human noise, label set {config.label_set!r}"
     else:
         noise = f"{config.noise} noise" + (f" at rate {config.rate}" if config.rate else "")
     warm_up = results["warm_up"]
     lines = [
-        f"# {config.dataset}, {noise} (measured {results['noise_rate']:.3f})"
+        f"# {config.dataset}, {noise} ({measured})"
         f", {config.meta_size} clean meta images, {config.validation_size} clean validation "
         "images",
         "",

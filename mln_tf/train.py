@@ -189,6 +189,13 @@ def load_data(config):
             seed=config.seed,
             data_dir=config.data_dir,
         )
+    if config.dataset == "clothing1m":
+        # `data_dir` is the TFDS data folder: Clothing1M prepared there, or its official
+        # files in `<data_dir>/downloads/manual`, prepared from on the first run.
+        return mln_data.load_clothing1m(
+            meta_size=config.meta_size, seed=config.seed, data_dir=config.data_dir,
+            max_noisy_examples=config.max_train_examples,
+        )  # fmt: skip
     if config.dataset == "cifar10_n":
         return mln_data.load_cifar10_n(
             label=config.label_set, meta_size=config.meta_size,
@@ -477,7 +484,8 @@ def _results(session, warm_up_history, warm_up_cached, histories, label_correcti
     config = session.config
     results = {
         "dataset": config.dataset,
-        "noise_rate": session.data.noise_rate,
+        # Unknown (NaN) for web labels without per-image truth: null in the JSON.
+        "noise_rate": float(rate) if np.isfinite(rate := session.data.noise_rate) else None,
         "model_selection": MODEL_SELECTION,
         "warm_up": {
             "epochs": config.warmup_epochs,

@@ -15,7 +15,9 @@ from mln_tf import options as options_lib
 
 SYNTHETIC_DATASETS = ("fashion_mnist", "digits")
 HUMAN_NOISE_DATASETS = ("cifar10_n", "cifar100_n")
-DATASETS = SYNTHETIC_DATASETS + HUMAN_NOISE_DATASETS
+# Datasets whose noisy labels came from the web, with no per-image truth.
+WEB_NOISE_DATASETS = ("clothing1m",)
+DATASETS = SYNTHETIC_DATASETS + HUMAN_NOISE_DATASETS + WEB_NOISE_DATASETS
 # The label sets of the datasets with human noise; the first is the default.
 LABEL_SETS = {
     "cifar10_n": tuple(mln_data.CIFAR10N_LABEL_KEYS),
@@ -24,7 +26,7 @@ LABEL_SETS = {
 
 # The paper's hyper-parameters (`docs/algorithm.md`). Learning-rate boundaries are 0-based
 # epochs. "paper" is the authors' algorithm on the default data and schedule. Those of
-# Clothing1M, Food-101N and WebVision are in `docs/algorithm.md`: mln_tf has no loader for them.
+# Food-101N and WebVision are in `docs/algorithm.md`: mln_tf has no loader for them.
 PRESETS = {
     "paper": dict(options=options_lib.PAPER),
     "cifar10": dict(
@@ -32,6 +34,12 @@ PRESETS = {
         dataset="cifar10_n", label_set="worse", architecture="cifar10_cnn", batch_size=128,
         warmup_epochs=44, meta_epochs=76, learning_rates=(1e-2, 1e-3, 1e-4),
         lr_boundaries=(40, 80), meta_size=5000,
+    ),
+    # ImageNet-pretrained ResNet-50: pass its backbone weights file as `backbone_weights`.
+    "clothing1m": dict(
+        options=options_lib.PAPER, dataset="clothing1m", architecture="resnet50",
+        batch_size=32, warmup_epochs=1, meta_epochs=9, learning_rates=(1e-3, 1e-4),
+        lr_boundaries=(5,), meta_size=5000,
     ),
 }  # fmt: skip
 
@@ -220,6 +228,14 @@ class TrainConfig:
                     "`noise` and `rate` instead."
                 )
             self.noise, self.rate = noise.check_noise_arguments(self.noise, self.rate)
+        elif self.dataset in WEB_NOISE_DATASETS:
+            if self.label_set is not None:
+                raise ValueError(
+                    f"Invalid value for argument `label_set`. Received: label_set="
+                    f"{self.label_set!r}. {self.dataset!r} has one set of web labels: "
+                    "leave `label_set` unset."
+                )
+            self.noise, self.rate = "web", None
         else:
             self.noise, self.rate = "human", None
             label_sets = LABEL_SETS[self.dataset]

@@ -41,11 +41,11 @@ def test_cifar10_cnn_matches_the_paper():
 def test_resnet50_random_init_and_user_weights_file(tmp_path):
     model = classifiers.resnet50(num_classes=5, input_shape=(32, 32, 3))
     assert model.get_layer("features").output.shape == (None, 2048)
-    backbone = model.layers[1]
+    backbone = model.get_layer("resnet50")
     path = tmp_path / "backbone.weights.h5"
     backbone.save_weights(path)
     loaded = classifiers.resnet50(num_classes=5, input_shape=(32, 32, 3), weights=str(path))
-    for a, b in zip(backbone.get_weights(), loaded.layers[1].get_weights()):
+    for a, b in zip(backbone.get_weights(), loaded.get_layer("resnet50").get_weights()):
         np.testing.assert_array_equal(a, b)
 
 
@@ -65,3 +65,14 @@ def test_builders_return_uncompiled_built_models():
     model = classifiers.fashion_cnn()
     assert model.built and not model.compiled
     assert isinstance(model, keras.Model)
+
+
+def test_pretrained_backbones_get_the_input_scaling_of_their_imagenet_weights():
+    images = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype("float32")
+    resnet = classifiers.resnet50(3, input_shape=(32, 32, 3))
+    caffe = resnet.get_layer("caffe_preprocessing")(images)
+    expected = keras.applications.resnet50.preprocess_input(images * 255.0)
+    np.testing.assert_allclose(caffe, expected, rtol=1e-5, atol=1e-3)
+    inception = classifiers.inception_resnet_v2(3, input_shape=(75, 75, 3))
+    scaled = inception.get_layer("inception_preprocessing")(images)
+    np.testing.assert_allclose(scaled, images * 2.0 - 1.0, rtol=1e-6, atol=1e-6)

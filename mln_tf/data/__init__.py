@@ -9,8 +9,15 @@ unlabeled set D_u.
 - `load_noisy`: Fashion-MNIST (offline files) or scikit-learn's digits, with any noise
   model of `mln_tf.noise` at any rate, a meta set, a validation set and an unlabeled set.
 - `load_cifar10_n`, `load_cifar100_n`, `load_controlled_noisy_web_labels`: real noisy
+<<<<<<< HEAD
   datasets from TFDS, with meta and validation sets carved out of their training split.
 - `split_meta`: the one function that draws D_m, D_v and D_u from a training pool.
+=======
+  datasets from TFDS, with a meta set carved out of their training split.
+- `load_clothing1m`: Clothing1M from its official files, with a meta set drawn from its
+  clean training split.
+- `split_validation`: a clean validation set held out of the meta set, for tuning.
+>>>>>>> h-clothing
 - `with_meta`, `cache_features`, `preprocess`, `batched`: `tf.data` pipelines for
   `MetaLabelNet.fit`.
 - Importing this package registers the TFDS builders `noisy_fashion_mnist`,
@@ -29,6 +36,7 @@ from mln_tf.data.adapters import (
     DatasetNotPreparedError,
     load_cifar10_n,
     load_cifar100_n,
+    load_clothing1m,
     load_controlled_noisy_web_labels,
 )
 from mln_tf.data.noisy_data import (
@@ -84,6 +92,7 @@ __all__ = [
     "default_validation_size",
     "load_cifar100_n",
     "load_cifar10_n",
+    "load_clothing1m",
     "load_controlled_noisy_web_labels",
     "load_noisy",
     "load_source",

@@ -50,7 +50,7 @@ DATASETS = ("fashion_mnist", "digits")
 # 437 noisy images, too few to learn from (about 8 % test accuracy); 100 (10 per class)
 # leave 1,337.
 DEFAULT_META_SIZE = 1000
-DEFAULT_META_SIZES = {"fashion_mnist": DEFAULT_META_SIZE, "digits": 100}
+DEFAULT_META_SIZES = {"fashion_mnist": DEFAULT_META_SIZE, "digits": 100, "clothing1m": 5000}
 # The default size V of the clean validation set, which selects models and is disjoint from
 # the meta set. The digits keep 100 (10 per class), so that 1,237 noisy images remain.
 DEFAULT_VALIDATION_SIZE = 500

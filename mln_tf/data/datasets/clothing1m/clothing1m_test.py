@@ -22,14 +22,25 @@ FIXTURE = {
 }
 
 
-def write_fixture(root, *, annotations="annotations"):
+def write_fixture(root, *, annotations="annotations", examples=None):
+    """Writes the official layout under `root`: random JPEGs and the annotation files.
+
+    Args:
+        root: `pathlib.Path`, the manual folder to write.
+        annotations: str, the folder of the text files under `root`. Defaults to
+            `"annotations"`.
+        examples: optional dict from image key to `(noisy label or None, clean label or
+            None, splits)`. Defaults to `FIXTURE`. Image i (in the dict's order) is
+            `(12 + i, 10, 3)` pixels.
+    """
+    examples = FIXTURE if examples is None else examples
     rng = np.random.default_rng(0)
     notes = root / annotations
     notes.mkdir(parents=True, exist_ok=True)
     noisy_lines, clean_lines, lists = [], [], {s: [] for s in
                                               ("noisy_train", "clean_train", "clean_val",
                                                "clean_test")}
-    for number, (key, (noisy, clean, splits)) in enumerate(FIXTURE.items()):
+    for number, (key, (noisy, clean, splits)) in enumerate(examples.items()):
         path = root / key
         path.parent.mkdir(parents=True, exist_ok=True)
         pixels = rng.integers(0, 255, (12 + number, 10, 3), dtype=np.uint8)
