@@ -31,8 +31,10 @@ def build_parser():
         "again resumes an interrupted run.",
     )
     train.add_argument("--preset", choices=sorted(PRESETS),
-                       help="paper: the authors' algorithm; cifar10: also the paper's "
-                       "hyper-parameters for CIFAR-10 (on CIFAR-10N)")  # fmt: skip
+                       help="paper: the authors' algorithm; cifar10, clothing1m: also the "
+                       "paper's hyper-parameters for CIFAR-10 (on CIFAR-10N) or Clothing1M "
+                       "(--data-dir: its TFDS folder, --backbone-weights: ImageNet ResNet-50 "
+                       "weights)")  # fmt: skip
 
     data = train.add_argument_group("data").add_argument
     data("--dataset", choices=DATASETS, help=f"(default: {DEFAULTS.dataset})")
