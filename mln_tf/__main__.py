@@ -12,11 +12,21 @@ import warnings
 from mln_tf import classifiers, noise
 from mln_tf import data as mln_data
 from mln_tf import options as options_lib
-from mln_tf.train import run
-from mln_tf.train_config import DATASETS, DEPRECATED_FIELDS, LABEL_SETS, PRESETS, TrainConfig
+from mln_tf.callbacks import NonFiniteLossError
+from mln_tf.train import ConfigurationError, run
+from mln_tf.train_config import (
+    DATASETS,
+    DEFAULT_RATE,
+    DEPRECATED_FIELDS,
+    LABEL_SETS,
+    PRESETS,
+    TrainConfig,
+)
 
 DEFAULTS = TrainConfig()
 RUNS_DIR = "runs"
+# A transition matrix cannot be given on the command line: use `mln_tf.noise` in Python.
+NOISE_CHOICES = tuple(name for name in noise.NOISE_TYPES if name != "transition_matrix")
 QUICK = {"warmup_epochs": 1, "meta_epochs": 1, "max_train_examples": 5000}
 
 
@@ -39,9 +49,11 @@ def build_parser():
     data = train.add_argument_group("data").add_argument
     data("--dataset", choices=DATASETS, help=f"(default: {DEFAULTS.dataset})")
     data("--data-dir", dest="data_dir", help="folder of the dataset's files")
-    data("--noise", help="synthetic noise model: "
-         f"{', '.join(noise.NOISE_TYPES)} (default: {DEFAULTS.noise})")  # fmt: skip
-    data("--rate", type=float, help=f"noise rate in [0, 1) (default: {DEFAULTS.rate})")
+    data("--noise", choices=NOISE_CHOICES, metavar="NOISE",
+         help=f"synthetic noise model: {', '.join(NOISE_CHOICES)} "
+         f"(default: {DEFAULTS.noise})")  # fmt: skip
+    data("--rate", type=float,
+         help=f"noise rate in [0, 1) (default: {DEFAULT_RATE}; 0 for --noise none)")  # fmt: skip
     data("--label-set", dest="label_set",
          help="label set of a dataset with human noise: "
          + "; ".join(f"{name}: {', '.join(sets)}" for name, sets in LABEL_SETS.items())
@@ -109,6 +121,14 @@ def build_parser():
     output = train.add_argument_group("output").add_argument
     output("--out", help=f"output directory (default: {RUNS_DIR}/<timestamp>, or the latest "
            "interrupted run there with the same settings)")  # fmt: skip
+    output("--fresh", action="store_true",
+           help="start a new run: never resume an interrupted one")  # fmt: skip
+    loudness = train.add_mutually_exclusive_group()
+    loudness.add_argument("--verbose", action="store_true",
+                          help="a progress bar per epoch, even when the output is not a "
+                          "terminal (default there: a line per epoch)")  # fmt: skip
+    loudness.add_argument("--quiet", action="store_true",
+                          help="only the report and errors")  # fmt: skip
     return parser
 
 
@@ -135,10 +155,12 @@ def config_from_args(args):
     return config
 
 
-def default_out_dir(config, runs_dir=RUNS_DIR):
-    """The latest interrupted run in `runs_dir` with the same settings, else a new folder."""
+def default_out_dir(config, runs_dir=RUNS_DIR, fresh=False):
+    """The latest interrupted run in `runs_dir` with the same settings, else (or `fresh`) a
+    new folder."""
     settings = config.to_dict()
-    for folder in sorted(glob.glob(os.path.join(runs_dir, "*")), reverse=True):
+    folders = [] if fresh else sorted(glob.glob(os.path.join(runs_dir, "*")), reverse=True)
+    for folder in folders:
         config_path = os.path.join(folder, "config.json")
         if os.path.exists(os.path.join(folder, "results.json")) or not os.path.exists(
             config_path
@@ -153,14 +175,24 @@ def default_out_dir(config, runs_dir=RUNS_DIR):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    # A progress bar per epoch in a terminal; a line per epoch in a file or a pipe.
+    verbose = 0 if args.quiet else 1 if args.verbose or sys.stdout.isatty() else 2
     try:
         config = config_from_args(args)
-        out = args.out or default_out_dir(config)
+        out = args.out or default_out_dir(config, fresh=args.fresh)
         if os.path.exists(os.path.join(out, "config.json")):
+            if args.fresh:
+                raise ValueError(
+                    f"--fresh: the output directory {out!r} already holds a run. Pass another "
+                    "--out, or leave out --fresh to resume it."
+                )
             print(f"Resuming the run in {out}", flush=True)
-        run(config, out)
     except (ValueError, TypeError, OSError) as error:
-        # Bad options and missing files: a one-line message, not a traceback.
+        parser.exit(2, f"mln-tf train: error: {error}\n")
+    try:
+        run(config, out, verbose=verbose)
+    except (ConfigurationError, NonFiniteLossError) as error:
+        # Bad options, files and data: a one-line message. A bug keeps its traceback.
         parser.exit(2, f"mln-tf train: error: {error}\n")
     print(f"Results written to {out}", flush=True)
 

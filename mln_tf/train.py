@@ -66,6 +66,10 @@ BASELINES = (
 )
 
 
+class ConfigurationError(ValueError):
+    """A setting, file or folder the run cannot use, found before training; says which."""
+
+
 @dataclasses.dataclass
 class _Run:
     """What the stages of one run share."""
@@ -95,23 +99,27 @@ def run(config, out_dir, verbose=1):
     Returns:
         The results dict written to `results.json`.
     """
-    _prepare_out_dir(out_dir, config)
-    # First: splitting the CPU into logical devices must precede any TensorFlow operation.
-    strategy = distribute.build_strategy(config.strategy, devices=config.devices)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    data = load_data(config)
+    try:
+        _prepare_out_dir(out_dir, config)
+        # First: splitting the CPU into logical devices must precede any TensorFlow op.
+        strategy = distribute.build_strategy(config.strategy, devices=config.devices)
+        if config.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        data = load_data(config)
+        train = data.train
+        num_train = _cardinality(train)
+        if config.max_train_examples:
+            train = train.take(config.max_train_examples)
+            num_train = min(num_train, config.max_train_examples)
+        if num_train < config.batch_size:
+            raise ValueError(
+                "Invalid value for argument `batch_size`. Received: batch_size="
+                f"{config.batch_size}, larger than the {num_train} noisy training examples."
+            )
+    except (ValueError, TypeError, OSError) as error:
+        # Settings and files that cannot be used, found before any training.
+        raise ConfigurationError(str(error)) from error
     _log(verbose, data.summary())
-    train = data.train
-    num_train = _cardinality(train)
-    if config.max_train_examples:
-        train = train.take(config.max_train_examples)
-        num_train = min(num_train, config.max_train_examples)
-    if num_train < config.batch_size:
-        raise ValueError(
-            f"Invalid value for argument `batch_size`. Received: batch_size={config.batch_size}"
-            f", larger than the {num_train} noisy training examples."
-        )
     eval_batch = max(config.batch_size, 256)
     session = _Run(
         config=config,

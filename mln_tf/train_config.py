@@ -15,6 +15,8 @@ from mln_tf import options as options_lib
 
 SYNTHETIC_DATASETS = ("fashion_mnist", "digits")
 HUMAN_NOISE_DATASETS = ("cifar10_n", "cifar100_n")
+# The synthetic noise rate when none is given (0 for `noise="none"`).
+DEFAULT_RATE = 0.4
 # Datasets whose noisy labels came from the web, with no per-image truth.
 WEB_NOISE_DATASETS = ("clothing1m",)
 DATASETS = SYNTHETIC_DATASETS + HUMAN_NOISE_DATASETS + WEB_NOISE_DATASETS
@@ -64,7 +66,8 @@ class TrainConfig:
         dataset: str, one of `DATASETS`. Defaults to `"fashion_mnist"`.
         noise: str, a noise model of `mln_tf.noise` (synthetic datasets only; `"human"`
             for the others). Defaults to `"feature_dependent"`.
-        rate: float, the noise rate in [0, 1) (synthetic noise only). Defaults to 0.4.
+        rate: optional float, the noise rate in [0, 1) (synthetic noise only). Defaults to
+            `None`: 0.4, or 0 with `noise="none"`.
         label_set: optional str, the label set of a dataset with human noise (`LABEL_SETS`:
             CIFAR-10N's `"aggre"`, `"worse"`, `"random1"`…). Defaults to `None`, the first.
         meta_size: optional int, the size of the clean meta set. Defaults to `None`, the
@@ -110,7 +113,7 @@ class TrainConfig:
 
     dataset: str = "fashion_mnist"
     noise: str | None = "feature_dependent"
-    rate: float | None = 0.4
+    rate: float | None = None
     label_set: str | None = None
     meta_size: int | None = None
     validation_size: int | None = None
@@ -227,7 +230,10 @@ class TrainConfig:
                     f"{self.label_set!r}. {self.dataset!r} has synthetic noise: choose it with "
                     "`noise` and `rate` instead."
                 )
-            self.noise, self.rate = noise.check_noise_arguments(self.noise, self.rate)
+            rate = self.rate
+            if rate is None:
+                rate = 0.0 if self.noise == "none" else DEFAULT_RATE
+            self.noise, self.rate = noise.check_noise_arguments(self.noise, rate)
         elif self.dataset in WEB_NOISE_DATASETS:
             if self.label_set is not None:
                 raise ValueError(

@@ -348,7 +348,7 @@ def test_options_reach_the_config_by_name_and_flag():
         (["--dataset", "digits", "--label-set", "aggre"], "'digits' has synthetic noise"),
         (["--dataset", "cifar10_n", "--label-set", "best"],
          "Received: label_set='best'. Expected one of cifar10_n's"),
-        (["--dataset", "digits", "--noise", "gaussian"], "gaussian"),
+        (["--dataset", "digits", "--noise", "none", "--rate", "0.2"], "Received: rate=0.2"),
         (["--dataset", "digits", "--rate", "1.0"], "Received: rate=1.0"),
         (["--dataset", "digits", "--rate", "-0.1"], "Received: rate=-0.1"),
         (["--dataset", "digits", "--meta-size", "5"], "at least the number of classes, 10"),
@@ -452,3 +452,42 @@ def test_the_validation_size_shapes_the_warm_up_and_has_a_dataset_default():
     config = config_from_args(args)
     assert config.validation_size == 50 and "validation_size" in mln_tf.train.WARM_UP_FIELDS
     assert config.warm_up_key() != dataclasses.replace(config, validation_size=60).warm_up_key()
+
+
+def test_noise_none_needs_no_rate_and_a_transition_matrix_is_not_a_choice(capsys):
+    config = config_from_args(build_parser().parse_args(["train", "--noise", "none"]))
+    assert (config.noise, config.rate) == ("none", 0.0)
+    assert TrainConfig().rate == 0.4
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--noise", "transition_matrix"])
+    assert "invalid choice: 'transition_matrix'" in capsys.readouterr().err
+
+
+def test_verbosity_follows_the_terminal_and_the_flags(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr("mln_tf.__main__.run", lambda config, out, verbose: calls.append(verbose))
+    for flags in ([], ["--quiet"], ["--verbose"]):
+        main(["train", *DIGITS, *flags, "--out", str(tmp_path / "out")])
+    assert calls == [2, 0, 1]  # pytest's captured stdout is not a terminal: a line per epoch
+
+
+def test_a_bug_keeps_its_traceback_and_a_bad_setting_gets_one_line(monkeypatch, tmp_path):
+    def buggy_run(config, out, verbose):
+        raise ValueError("a bug inside training")
+
+    monkeypatch.setattr("mln_tf.__main__.run", buggy_run)
+    with pytest.raises(ValueError, match="a bug inside training"):
+        main(["train", *DIGITS, "--out", str(tmp_path / "out")])
+
+
+def test_fresh_never_resumes(tmp_path, capsys):
+    config = TrainConfig(dataset="digits", noise="symmetric", rate=0.2)
+    unfinished = tmp_path / "20260101-000000"
+    unfinished.mkdir()
+    (unfinished / "config.json").write_text(json.dumps(config.to_dict()))
+    assert default_out_dir(config, tmp_path) == str(unfinished)
+    assert default_out_dir(config, tmp_path, fresh=True) != str(unfinished)
+    with pytest.raises(SystemExit):
+        main(["train", "--dataset", "digits", "--noise", "symmetric", "--rate", "0.2",
+              "--fresh", "--out", str(unfinished)])  # fmt: skip
+    assert "--fresh: the output directory" in capsys.readouterr().err
