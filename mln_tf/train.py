@@ -465,8 +465,12 @@ def _fit_stage(session, name, model, dataset, first_epoch, last_epoch, *callback
     # then the same whether the run was interrupted or not.
     steps = session.steps_per_epoch
     stream = stream.repeat().skip((epoch - first_epoch) * steps)
+    # Per-epoch scalars for TensorBoard: `tensorboard --logdir <out>/tensorboard`.
+    tensorboard = keras.callbacks.TensorBoard(
+        os.path.join(session.out_dir, "tensorboard", name), write_graph=False
+    )
     schedule.fit_epochs(model, stream, epoch, last_epoch, config.learning_rate,
-                        [*callbacks, checkpoint], steps_per_epoch=steps,
+                        [*callbacks, checkpoint, tensorboard], steps_per_epoch=steps,
                         verbose=session.verbose)  # fmt: skip
     return checkpoint.history
 

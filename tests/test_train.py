@@ -491,3 +491,14 @@ def test_fresh_never_resumes(tmp_path, capsys):
         main(["train", "--dataset", "digits", "--noise", "symmetric", "--rate", "0.2",
               "--fresh", "--out", str(unfinished)])  # fmt: skip
     assert "--fresh: the output directory" in capsys.readouterr().err
+
+
+def test_tensorboard_gets_each_methods_epoch_scalars(finished_run):
+    import tensorflow as tf
+
+    for method in ("cross_entropy", "meta_label_net", "meta_weight_net"):
+        files = list((finished_run / "tensorboard" / method).rglob("events.out.tfevents.*"))
+        tags = {value.tag for path in files
+                for event in tf.compat.v1.train.summary_iterator(str(path))
+                for value in event.summary.value}  # fmt: skip
+        assert {"epoch_loss", "epoch_validation_accuracy", "epoch_test_accuracy"} <= tags, method
