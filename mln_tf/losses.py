@@ -20,7 +20,7 @@ import tensorflow as tf
 LOG_EPSILON = 1e-10
 
 
-def soft_label_loss(logits, soft_labels, sum_over_classes=False):
+def soft_label_reverse_kl(logits, soft_labels, sum_over_classes=False):
     """Reverse KL divergence from the classifier to the soft labels, averaged over B×C.
 
     Args:
@@ -42,7 +42,7 @@ def soft_label_loss(logits, soft_labels, sum_over_classes=False):
     Example:
 
     >>> logits = tf.constant([[2.0, 0.0]])
-    >>> float(soft_label_loss(logits, tf.nn.softmax(logits))) < 1e-6
+    >>> float(soft_label_reverse_kl(logits, tf.nn.softmax(logits))) < 1e-6
     True
     """
     log_probs = tf.nn.log_softmax(logits, axis=-1)
@@ -54,14 +54,14 @@ def soft_label_loss(logits, soft_labels, sum_over_classes=False):
 def soft_label_cross_entropy(logits, soft_labels, sum_over_classes=False):
     """Cross-entropy of the classifier against the soft labels, averaged over B×C.
 
-    Unlike `soft_label_loss`, the soft label comes first: its gradient with respect to
+    Unlike `soft_label_reverse_kl`, the soft label comes first: its gradient with respect to
     the logits is p − ŷ (over C), as for ordinary cross-entropy, so a confident wrong
     prediction is still pulled towards the soft label.
 
     Args:
         logits: float tensor of shape `(B, C)`, the classifier's logits.
         soft_labels: float tensor of shape `(B, C)`, probabilities per row.
-        sum_over_classes: bool, as in `soft_label_loss`. Defaults to `False`.
+        sum_over_classes: bool, as in `soft_label_reverse_kl`. Defaults to `False`.
 
     Returns:
         A scalar tensor. Its gradient reaches both `logits` and `soft_labels`.
@@ -87,7 +87,7 @@ def entropy_loss(logits, sum_over_classes=False):
 
     Args:
         logits: float tensor of shape `(B, C)`.
-        sum_over_classes: bool, as in `soft_label_loss`. Defaults to `False`.
+        sum_over_classes: bool, as in `soft_label_reverse_kl`. Defaults to `False`.
 
     Returns:
         A scalar tensor.

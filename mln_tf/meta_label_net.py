@@ -17,7 +17,7 @@ from mln_tf.optimizers import paper_generator_optimizer
 
 # The classifier's loss on the soft labels, for both the virtual step and the real update.
 LABEL_LOSSES = {
-    "reverse_kl": losses.soft_label_loss,
+    "reverse_kl": losses.soft_label_reverse_kl,
     "cross_entropy": losses.soft_label_cross_entropy,
 }
 

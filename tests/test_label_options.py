@@ -40,7 +40,7 @@ def test_sum_over_classes_is_num_classes_times_the_mean():
     rng = np.random.default_rng(0)
     logits = tf.constant(rng.normal(size=(4, 5)))
     soft = tf.constant(_softmax(rng.normal(size=(4, 5))))
-    for loss in (losses.soft_label_loss, losses.soft_label_cross_entropy):
+    for loss in (losses.soft_label_reverse_kl, losses.soft_label_cross_entropy):
         np.testing.assert_allclose(loss(logits, soft, True), 5 * loss(logits, soft), rtol=1e-12)
     np.testing.assert_allclose(
         losses.entropy_loss(logits, True), 5 * losses.entropy_loss(logits), rtol=1e-12
