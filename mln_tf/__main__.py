@@ -64,6 +64,9 @@ def build_parser():
          help="clean validation images, disjoint from the meta set, that select each "
          f"method's epoch (default: {mln_data.DEFAULT_VALIDATION_SIZE}, "
          f"{mln_data.DEFAULT_VALIDATION_SIZES['digits']} for digits)")  # fmt: skip
+    data("--augment", action="store_true", default=None,
+         help="normalise by the meta set's channel statistics; random crops and flips of "
+         "the training images (on in the cifar10 preset)")  # fmt: skip
     data("--max-train-examples", dest="max_train_examples", type=int,
          help="train on the first N noisy examples only")  # fmt: skip
 
@@ -128,7 +131,8 @@ def build_parser():
                           help="a progress bar per epoch, even when the output is not a "
                           "terminal (default there: a line per epoch)")  # fmt: skip
     loudness.add_argument("--quiet", action="store_true",
-                          help="only the report and errors")  # fmt: skip
+                          help="no progress output; the report is written to the output "
+                          "directory")  # fmt: skip
     return parser
 
 

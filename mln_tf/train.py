@@ -82,6 +82,7 @@ class _Run:
     steps_per_epoch: int
     evaluation: dict
     strategy: tf.distribute.Strategy
+    normalization: tuple | None = None
 
 
 def run(config, out_dir, verbose=1):
@@ -119,6 +120,7 @@ def run(config, out_dir, verbose=1):
     except (ValueError, TypeError, OSError) as error:
         # Settings and files that cannot be used, found before any training.
         raise ConfigurationError(str(error)) from error
+    data, train, normalization = _preprocessed(config, data, train)
     _log(verbose, data.summary())
     eval_batch = max(config.batch_size, 256)
     session = _Run(
@@ -134,6 +136,7 @@ def run(config, out_dir, verbose=1):
             "test": mln_data.batched(data.test, eval_batch),
         },
         strategy=strategy,
+        normalization=normalization,
     )
 
     warm_up_dir, warm_up_history, warm_up_cached = _warm_up(session)
@@ -183,6 +186,27 @@ def run(config, out_dir, verbose=1):
         f.write(text)
     _log(verbose, text)
     return results
+
+
+def _preprocessed(config, data, train):
+    """With `config.augment`: every split normalised by the meta set's channel statistics,
+    the noisy training images also randomly cropped and flipped (`mln_data.preprocess`).
+
+    Returns:
+        `(data, train, normalization)`: `normalization` is `(mean, std)`, or `None`.
+    """
+    if not config.augment:
+        return data, train, None
+    meta_images = np.concatenate([x for x, _ in data.meta.batch(1024).as_numpy_iterator()])
+    mean, std = mln_data.channel_stats(meta_images)
+
+    def normalized(dataset):
+        return None if dataset is None else mln_data.preprocess(dataset, mean=mean, std=std)
+
+    data = dataclasses.replace(data, meta=normalized(data.meta), test=normalized(data.test),
+                               validation=normalized(data.validation))  # fmt: skip
+    train = mln_data.preprocess(train, mean=mean, std=std, augment=True, seed=config.seed)
+    return data, train, (mean, std)
 
 
 def load_data(config):
@@ -322,13 +346,18 @@ def _meta_label_net_stage(session, warm_up_dir, method="meta_label_net", options
         wrong = ~data.train_label_is_correct
         if config.max_train_examples:
             wrong[config.max_train_examples :] = False
+        images = data.train_images[wrong]
+        if session.normalization is not None:
+            mean, std = session.normalization
+            images = mln_data.normalize(images, mean=mean, std=std).numpy()
         correction = LabelCorrection(
-            data.train_images[wrong], data.train_clean_labels[wrong],
-            data.train_noisy_labels[wrong],
-        )  # fmt: skip
+            images, data.train_clean_labels[wrong], data.train_noisy_labels[wrong]
+        )
         callbacks.insert(0, correction)
-    # No augmentation here: the frozen features are computed once, not at every step.
-    train = mln_data.cache_features(session.train, model.feature_extractor)
+    # Without augmentation the frozen features are computed once, not at every step.
+    train = session.train
+    if session.normalization is None:
+        train = mln_data.cache_features(train, model.feature_extractor)
     stream = mln_data.with_meta(
         train, data.meta, config.batch_size, seed=config.seed + config.warmup_epochs
     )
@@ -440,6 +469,9 @@ def _clean_reference_stage(session):
     keras.utils.set_random_seed(config.seed)
     classifier = build_classifier(config, data, _cross_entropy(), session.strategy)
     train = data.train_clean
+    if session.normalization is not None:
+        mean, std = session.normalization
+        train = mln_data.preprocess(train, mean=mean, std=std, augment=True, seed=config.seed)
     if config.max_train_examples:
         train = train.take(config.max_train_examples)
     return _fit_stage(session, "clean_reference", classifier, train, 0, config.last_epoch,

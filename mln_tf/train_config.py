@@ -35,7 +35,7 @@ PRESETS = {
         options=options_lib.PAPER.replace(generator_learning_rate=1e-2),
         dataset="cifar10_n", label_set="worse", architecture="cifar10_cnn", batch_size=128,
         warmup_epochs=44, meta_epochs=76, learning_rates=(1e-2, 1e-3, 1e-4),
-        lr_boundaries=(40, 80), meta_size=5000,
+        lr_boundaries=(40, 80), meta_size=5000, augment=True,
     ),
     # ImageNet-pretrained ResNet-50: pass its backbone weights file as `backbone_weights`.
     "clothing1m": dict(
@@ -51,7 +51,7 @@ WARM_UP_FIELDS = (
     "dataset", "noise", "rate", "label_set", "meta_size", "validation_size", "architecture",
     "backbone_weights",
     "warmup_epochs", "batch_size", "learning_rates", "lr_boundaries", "seed",
-    "max_train_examples", "data_dir", "deterministic", "strategy", "devices",
+    "max_train_examples", "data_dir", "deterministic", "strategy", "devices", "augment",
 )  # fmt: skip
 # Names of an earlier release: `stage1` is `warmup_epochs`; `stage2` (and `epochs`) was the
 # last epoch, `warmup_epochs + meta_epochs`.
@@ -67,7 +67,7 @@ class TrainConfig:
         noise: str, a noise model of `mln_tf.noise` (synthetic datasets only; `"human"`
             for the others). Defaults to `"feature_dependent"`.
         rate: optional float, the noise rate in [0, 1) (synthetic noise only). Defaults to
-            `None`: 0.4, or 0 with `noise="none"`.
+            `None`, which is 0.4, or 0 with `noise="none"`.
         label_set: optional str, the label set of a dataset with human noise (`LABEL_SETS`:
             CIFAR-10N's `"aggre"`, `"worse"`, `"random1"`…). Defaults to `None`, the first.
         meta_size: optional int, the size of the clean meta set. Defaults to `None`, the
@@ -87,6 +87,10 @@ class TrainConfig:
             `lr_boundaries`. Defaults to `(1e-2,)`, constant.
         lr_boundaries: tuple of the 0-based epochs (counted from the warm-up's first)
             where the next learning rate starts. Defaults to `()`.
+        augment: bool, whether every split is normalised by the meta set's channel
+            statistics and the noisy training images randomly cropped and flipped
+            (`mln_tf.data.preprocess`; the frozen features are then computed at every
+            step, not cached). Defaults to `False` (the `cifar10` preset: `True`).
         options: `mln_tf.options.MetaLabelNetOptions`. Defaults to
             `mln_tf.options.RECOMMENDED` (the paper: `mln_tf.options.PAPER`).
         seed: int. Defaults to 0.
@@ -124,6 +128,7 @@ class TrainConfig:
     batch_size: int = 64
     learning_rates: tuple = (1e-2,)
     lr_boundaries: tuple = ()
+    augment: bool = False
     options: options_lib.MetaLabelNetOptions = options_lib.RECOMMENDED
     seed: int = 0
     jit_compile: object = "auto"

@@ -502,3 +502,24 @@ def test_tensorboard_gets_each_methods_epoch_scalars(finished_run):
                 for event in tf.compat.v1.train.summary_iterator(str(path))
                 for value in event.summary.value}  # fmt: skip
         assert {"epoch_loss", "epoch_validation_accuracy", "epoch_test_accuracy"} <= tags, method
+
+
+def test_augment_normalises_every_split_by_the_meta_set_and_augments_training(tmp_path):
+    assert TrainConfig.from_preset("cifar10").augment and not TrainConfig().augment
+    config = TrainConfig(dataset="digits", noise="symmetric", rate=0.2, augment=True, seed=0)
+    data = mln_tf.train.load_data(config)
+    preprocessed, train, (mean, std) = mln_tf.train._preprocessed(config, data, data.train)
+    meta = np.concatenate([x for x, _ in data.meta.batch(512).as_numpy_iterator()])
+    np.testing.assert_allclose(mean, meta.mean(axis=(0, 1, 2)), rtol=1e-5)
+    for split in ("meta", "validation", "test"):
+        raw = np.concatenate([x for x, _ in getattr(data, split).batch(512).as_numpy_iterator()])
+        got = np.concatenate(
+            [x for x, _ in getattr(preprocessed, split).batch(512).as_numpy_iterator()]
+        )
+        np.testing.assert_allclose(got, (raw - mean) / std, rtol=1e-5, atol=1e-5)
+    normalized_meta = (meta - mean) / std
+    assert abs(normalized_meta.mean()) < 1e-4 and abs(normalized_meta.std() - 1) < 1e-3
+    first, again = (next(train.as_numpy_iterator())[0] for _ in range(2))
+    raw_first = next(data.train.as_numpy_iterator())[0]
+    assert first.shape == raw_first.shape  # cropped back to the same size
+    assert not np.allclose(first, (raw_first - mean) / std) or not np.allclose(first, again)
