@@ -120,7 +120,9 @@ def run(config, out_dir, verbose=1):
     except (ValueError, TypeError, OSError) as error:
         # Settings and files that cannot be used, found before any training.
         raise ConfigurationError(str(error)) from error
-    data, train, normalization = _preprocessed(config, data, train)
+    normalization = None
+    if config.augment:
+        data, train, normalization = mln_data.normalize_and_augment(data, train, seed=config.seed)
     _log(verbose, data.summary())
     eval_batch = max(config.batch_size, 256)
     session = _Run(
@@ -186,27 +188,6 @@ def run(config, out_dir, verbose=1):
         f.write(text)
     _log(verbose, text)
     return results
-
-
-def _preprocessed(config, data, train):
-    """With `config.augment`: every split normalised by the meta set's channel statistics,
-    the noisy training images also randomly cropped and flipped (`mln_data.preprocess`).
-
-    Returns:
-        `(data, train, normalization)`: `normalization` is `(mean, std)`, or `None`.
-    """
-    if not config.augment:
-        return data, train, None
-    meta_images = np.concatenate([x for x, _ in data.meta.batch(1024).as_numpy_iterator()])
-    mean, std = mln_data.channel_stats(meta_images)
-
-    def normalized(dataset):
-        return None if dataset is None else mln_data.preprocess(dataset, mean=mean, std=std)
-
-    data = dataclasses.replace(data, meta=normalized(data.meta), test=normalized(data.test),
-                               validation=normalized(data.validation))  # fmt: skip
-    train = mln_data.preprocess(train, mean=mean, std=std, augment=True, seed=config.seed)
-    return data, train, (mean, std)
 
 
 def load_data(config):

@@ -508,7 +508,7 @@ def test_augment_normalises_every_split_by_the_meta_set_and_augments_training(tm
     assert TrainConfig.from_preset("cifar10").augment and not TrainConfig().augment
     config = TrainConfig(dataset="digits", noise="symmetric", rate=0.2, augment=True, seed=0)
     data = mln_tf.train.load_data(config)
-    preprocessed, train, (mean, std) = mln_tf.train._preprocessed(config, data, data.train)
+    preprocessed, train, (mean, std) = mln_tf.data.normalize_and_augment(data, data.train, 0)
     meta = np.concatenate([x for x, _ in data.meta.batch(512).as_numpy_iterator()])
     np.testing.assert_allclose(mean, meta.mean(axis=(0, 1, 2)), rtol=1e-5)
     for split in ("meta", "validation", "test"):

@@ -50,6 +50,7 @@ from mln_tf.data.preprocessing import (
     batched,
     channel_stats,
     normalize,
+    normalize_and_augment,
     preprocess,
     random_crop_and_flip,
 )
@@ -98,6 +99,7 @@ __all__ = [
     "load_source",
     "make_noisy_split",
     "normalize",
+    "normalize_and_augment",
     "preprocess",
     "random_crop_and_flip",
     "split_meta",

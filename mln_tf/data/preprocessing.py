@@ -13,6 +13,8 @@ test = batched(preprocess(data.test, mean=mean, std=std), batch_size=512)
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
@@ -147,6 +149,31 @@ def preprocess(
             lambda image, *rest: (transform(image), *rest), num_parallel_calls=tf.data.AUTOTUNE
         )
     return dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def normalize_and_augment(data, train, seed=None):
+    """Normalises every split of `data` by its meta set's channel statistics, and augments
+    the noisy training images with random crops and flips.
+
+    Args:
+        data: a `NoisyData`.
+        train: the noisy training dataset to augment (`data.train`, or a part of it).
+        seed: optional int, the augmentation seed. Defaults to `None`.
+
+    Returns:
+        `(data, train, (mean, std))`: a copy of `data` whose meta, validation and test sets
+        are normalised, the augmented and normalised `train`, and the statistics.
+    """
+    meta_images = np.concatenate([x for x, _ in data.meta.batch(1024).as_numpy_iterator()])
+    mean, std = channel_stats(meta_images)
+
+    def normalized(dataset):
+        return None if dataset is None else preprocess(dataset, mean=mean, std=std)
+
+    data = dataclasses.replace(data, meta=normalized(data.meta), test=normalized(data.test),
+                               validation=normalized(data.validation))  # fmt: skip
+    train = preprocess(train, mean=mean, std=std, augment=True, seed=seed)
+    return data, train, (mean, std)
 
 
 def batched(
