@@ -24,6 +24,6 @@ def test_import_registers_builders():
 
 
 def test_repr_is_short():
-    data = load_noisy("digits", noise="symmetric", rate=0.2, meta_size=50)
-    assert len(repr(data)) < 400 and "1387 noisy training" in repr(data)
+    data = load_noisy("digits", noise="symmetric", rate=0.2, meta_size=50, validation_size=100)
+    assert len(repr(data)) < 400 and "1287 noisy training" in repr(data)
     assert isinstance(data.train_noisy_labels, np.ndarray)
