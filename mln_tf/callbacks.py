@@ -20,7 +20,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def raise_if_a_step_was_skipped(model, where):
-    """Raises if `MetaLabelNet`'s step refused to apply a step since its metrics were reset.
+    """Raises if a meta-learning model's step refused a step since its metrics were reset.
 
     Args:
         model: the `MetaLabelNet`.
