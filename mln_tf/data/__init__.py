@@ -9,15 +9,10 @@ unlabeled set D_u.
 - `load_noisy`: Fashion-MNIST (offline files) or scikit-learn's digits, with any noise
   model of `mln_tf.noise` at any rate, a meta set, a validation set and an unlabeled set.
 - `load_cifar10_n`, `load_cifar100_n`, `load_controlled_noisy_web_labels`: real noisy
-<<<<<<< HEAD
   datasets from TFDS, with meta and validation sets carved out of their training split.
-- `split_meta`: the one function that draws D_m, D_v and D_u from a training pool.
-=======
-  datasets from TFDS, with a meta set carved out of their training split.
 - `load_clothing1m`: Clothing1M from its official files, with a meta set drawn from its
-  clean training split.
-- `split_validation`: a clean validation set held out of the meta set, for tuning.
->>>>>>> h-clothing
+  clean training split and its clean validation split.
+- `split_meta`: the one function that draws D_m, D_v and D_u from a training pool.
 - `with_meta`, `cache_features`, `preprocess`, `batched`: `tf.data` pipelines for
   `MetaLabelNet.fit`.
 - Importing this package registers the TFDS builders `noisy_fashion_mnist`,
