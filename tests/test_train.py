@@ -311,7 +311,7 @@ def test_presets_hold_the_papers_hyper_parameters():
     ]  # fmt: skip
     assert (config.options.generator_learning_rate, config.meta_size) == (1e-2, 5000)
     assert config.options.replace(generator_learning_rate=1e-3) == mln_tf.options.PAPER
-    assert set(PRESETS) == {"paper", "cifar10"}
+    assert set(PRESETS) == {"paper", "cifar10", "clothing1m"}
     digits = TrainConfig.from_preset("cifar10", dataset="digits", noise="symmetric",
                                      label_set=None)  # fmt: skip
     assert (digits.meta_size, digits.options.virtual_lr) == (5000, 1.0)
