@@ -6,6 +6,7 @@ import datetime
 import glob
 import json
 import os
+import shlex
 import sys
 import warnings
 
@@ -194,7 +195,8 @@ def main(argv=None):
     except (ValueError, TypeError, OSError) as error:
         parser.exit(2, f"mln-tf train: error: {error}\n")
     try:
-        run(config, out, verbose=verbose)
+        words = sys.argv[1:] if argv is None else argv
+        run(config, out, verbose=verbose, command=shlex.join(["mln-tf", *words]))
     except (ConfigurationError, NonFiniteLossError) as error:
         # Bad options, files and data: a one-line message. A bug keeps its traceback.
         parser.exit(2, f"mln-tf train: error: {error}\n")

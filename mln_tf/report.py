@@ -105,6 +105,12 @@ def format_report(config, results):
             f"Of the wrongly labelled training images, the label generator gives the true "
             f"class to {100 * after:.1f} % after the meta stage ({100 * before:.1f} % before)."
         )
+    run = results.get("run")
+    if run:
+        versions = run["versions"]
+        command = f"`{run['command']}`, " if run["command"] else ""
+        lines += ["", f"Run: {command}{run['date']}; TensorFlow {versions['tensorflow']}, "
+                  f"Keras {versions['keras']}, mln_tf {versions['mln_tf']}."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

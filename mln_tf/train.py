@@ -19,6 +19,7 @@ shares, and each of its own epochs.
 """
 
 import dataclasses
+import datetime
 import json
 import os
 import shutil
@@ -85,7 +86,7 @@ class _Run:
     normalization: tuple | None = None
 
 
-def run(config, out_dir, verbose=1):
+def run(config, out_dir, verbose=1, command=None):
     """Runs warm-up, then every method from it, and writes the results and the report.
 
     Running it again with the same configuration and `out_dir` resumes an interrupted run
@@ -96,6 +97,8 @@ def run(config, out_dir, verbose=1):
         out_dir: str, the output directory. It receives `config.json`, `history.csv`,
             `results.json`, `report.md`, the plots and `meta_label_net.keras`.
         verbose: int, Keras verbosity. Defaults to 1 (a progress bar per epoch).
+        command: optional str, the command line that started the run, for the report.
+            Defaults to `None`.
 
     Returns:
         The results dict written to `results.json`.
@@ -165,6 +168,12 @@ def run(config, out_dir, verbose=1):
 
     results = _results(session, warm_up_history, warm_up_cached, histories, label_correction)
     results["methods"] = select_epochs(warm_up_history, histories)
+    results["run"] = {
+        "command": command,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
+                     "mln_tf": mln_tf_version()},
+    }  # fmt: skip
     if "fine_tune" in histories:
         with open(os.path.join(out_dir, "stages", "fine_tune", "settings.json")) as f:
             results["fine_tune"] = json.load(f)
@@ -574,6 +583,13 @@ def _prepare_out_dir(out_dir, config):
             )
     with open(path, "w") as f:
         json.dump(settings, f, indent=2)
+
+
+def mln_tf_version():
+    """The installed mln_tf's version."""
+    import mln_tf
+
+    return mln_tf.__version__
 
 
 def _cross_entropy():

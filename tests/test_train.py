@@ -141,6 +141,17 @@ def test_main_job_writes_its_files_and_reports_real_accuracies(finished_run):
     )
 
 
+def test_the_report_says_how_the_run_was_made(finished_run):
+    import tensorflow as tf
+
+    run = _results(finished_run)["run"]
+    assert run["command"].startswith("mln-tf train --dataset digits --noise pair --rate 0.45")
+    assert run["versions"] == {"tensorflow": tf.__version__, "keras": keras.__version__,
+                               "mln_tf": mln_tf.__version__}  # fmt: skip
+    report = (finished_run / "report.md").read_text()
+    assert f"Run: `{run['command']}`, {run['date']}; TensorFlow {tf.__version__}" in report
+
+
 def test_learning_rate_follows_the_schedule(finished_run):
     rows = [r for r in _history(finished_run) if r["method"] != "fine_tune"]  # not scheduled
     rates = {(r["method"], r["epoch"]): float(r["learning_rate"]) for r in rows}
@@ -465,14 +476,15 @@ def test_noise_none_needs_no_rate_and_a_transition_matrix_is_not_a_choice(capsys
 
 def test_verbosity_follows_the_terminal_and_the_flags(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr("mln_tf.__main__.run", lambda config, out, verbose: calls.append(verbose))
+    monkeypatch.setattr("mln_tf.__main__.run",
+                        lambda config, out, verbose, command: calls.append(verbose))  # fmt: skip
     for flags in ([], ["--quiet"], ["--verbose"]):
         main(["train", *DIGITS, *flags, "--out", str(tmp_path / "out")])
     assert calls == [2, 0, 1]  # pytest's captured stdout is not a terminal: a line per epoch
 
 
 def test_a_bug_keeps_its_traceback_and_a_bad_setting_gets_one_line(monkeypatch, tmp_path):
-    def buggy_run(config, out, verbose):
+    def buggy_run(config, out, verbose, command):
         raise ValueError("a bug inside training")
 
     monkeypatch.setattr("mln_tf.__main__.run", buggy_run)
