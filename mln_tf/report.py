@@ -1,6 +1,8 @@
 """The main job's outputs: the history table, the markdown report and the plots."""
 
 import csv
+import json
+import os
 
 import matplotlib
 import matplotlib.ticker
@@ -189,3 +191,32 @@ def _save(figure, path):
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def prepare_out_dir(out_dir, settings):
+    """Creates `out_dir`, checks that it is writable and that it holds no run with other
+    `settings` (a dict of JSON values), and writes them to its `config.json`."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, ".write_test")
+        with open(probe, "w") as f:
+            f.write("")
+        os.remove(probe)
+    except OSError as error:
+        raise OSError(
+            f"Cannot write to the output directory {out_dir!r} ({error.strerror}). "
+            "Pass `--out` a folder you can write to."
+        ) from error
+    path = os.path.join(out_dir, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        changed = sorted(key for key in settings if previous.get(key) != settings[key])
+        if changed:
+            raise ValueError(
+                f"The output directory {out_dir!r} holds a run with other settings (they "
+                f"differ in: {', '.join(changed)}). Pass the same options to resume it, or "
+                "another `--out` for a new run."
+            )
+    with open(path, "w") as f:
+        json.dump(settings, f, indent=2)

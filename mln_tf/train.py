@@ -104,7 +104,7 @@ def run(config, out_dir, verbose=1, command=None):
         The results dict written to `results.json`.
     """
     try:
-        _prepare_out_dir(out_dir, config)
+        report.prepare_out_dir(out_dir, config.to_dict())
         # First: splitting the CPU into logical devices must precede any TensorFlow op.
         strategy = distribute.build_strategy(config.strategy, devices=config.devices)
         if config.deterministic:
@@ -554,35 +554,6 @@ def _confusion_matrix(session, method, results, warm_up_dir):
 
 
 # Helpers
-
-
-def _prepare_out_dir(out_dir, config):
-    """Creates `out_dir`, checks that it is writable and that it holds no other run."""
-    settings = json.loads(json.dumps(dataclasses.asdict(config)))
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, ".write_test")
-        with open(probe, "w") as f:
-            f.write("")
-        os.remove(probe)
-    except OSError as error:
-        raise OSError(
-            f"Cannot write to the output directory {out_dir!r} ({error.strerror}). "
-            "Pass `--out` a folder you can write to."
-        ) from error
-    path = os.path.join(out_dir, "config.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
-        changed = sorted(key for key in settings if previous.get(key) != settings[key])
-        if changed:
-            raise ValueError(
-                f"The output directory {out_dir!r} holds a run with other settings (they "
-                f"differ in: {', '.join(changed)}). Pass the same options to resume it, or "
-                "another `--out` for a new run."
-            )
-    with open(path, "w") as f:
-        json.dump(settings, f, indent=2)
 
 
 def mln_tf_version():
