@@ -75,6 +75,8 @@ def parse_override(text):
         default = 0  # `None` stands for the dataset's default: the value is an int
     else:
         default = getattr(train.TrainConfig(), name)
+    if name == "baselines" and value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+        return name, tuple(item for item in value.split(",") if item)  # the names of some
     if isinstance(default, bool):
         return name, value.lower() in ("1", "true", "yes")
     if isinstance(default, tuple):

@@ -16,6 +16,7 @@ from mln_tf import options as options_lib
 from mln_tf.callbacks import NonFiniteLossError
 from mln_tf.train import ConfigurationError, run
 from mln_tf.train_config import (
+    BASELINES,
     DATASETS,
     DEFAULT_RATE,
     DEPRECATED_FIELDS,
@@ -104,9 +105,9 @@ def build_parser():
                         "backbone")  # fmt: skip
 
     baselines = train.add_argument_group("baselines").add_argument
-    baselines("--baselines", action="store_true", default=None,
-              help="also train the loss-based baselines: SCE, GCE, bootstrapping, forward "
-              "correction")  # fmt: skip
+    baselines("--baselines", nargs="*", choices=BASELINES, default=None, metavar="METHOD",
+              help="also train these baselines, or all of them without a name: "
+              f"{', '.join(BASELINES)}")  # fmt: skip
     baselines("--with-clean-reference", dest="clean_reference", action="store_true",
               default=None,
               help="also train cross-entropy on the true labels, as a reference")  # fmt: skip
@@ -148,6 +149,8 @@ def config_from_args(args):
     }
     if args.learning_rates is not None:
         settings.setdefault("lr_boundaries", ())
+    if args.baselines == []:  # `--baselines` without a name: all of them
+        settings["baselines"] = True
     if args.quick:
         settings = {**QUICK, **settings}
     with warnings.catch_warnings():

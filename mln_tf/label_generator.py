@@ -69,37 +69,97 @@ def build_label_generator(num_features, num_classes, label_input=False):
     return keras.Model(inputs, outputs, name="label_generator")
 
 
-def initialize_label_generator(generator, num_features, head, label_input, label_trust):
-    """Sets W, b from the classifier's last layer `head` (if given) and V = κ·I.
+def initialize_label_generator(generator, num_features, weights=None, label_weights=None):
+    """Sets the generator's W, b to `weights` and V to `label_weights`, where given.
 
-    Raises:
-        ValueError: if `head` is not a linear Dense layer from the features to the classes.
+    Args:
+        generator: the label generator from `build_label_generator`.
+        num_features: int, F, the width of the features.
+        weights: optional `(W, b)`, arrays of shapes `(F, C)` and `(C,)`.
+        label_weights: optional V, an array of shape `(C, C)`: row ỹ is added to the logits
+            of an example whose given label is ỹ (with `label_input` only).
     """
     dense = generator.layers[-1]
     kernel = keras.ops.convert_to_numpy(dense.kernel).copy()
     bias = keras.ops.convert_to_numpy(dense.bias).copy()
-    num_classes = kernel.shape[1]
-    if head is not None:
-        expected = (num_features, num_classes)
-        head_kernel = getattr(head, "kernel", None)
-        if (
-            not isinstance(head, keras.layers.Dense)
-            or tuple(head_kernel.shape) != expected
-            or head.bias is None
-            or head.activation not in (keras.activations.linear, None)
-        ):
-            raise ValueError(
-                "Invalid value for argument `generator_init`. Received: generator_init="
-                f"'classifier_head', but the classifier's last layer {head.name!r} is not a "
-                f"Dense layer with a bias and no activation whose kernel has the shape "
-                f"{expected} of (features, classes). Use generator_init='random'."
-            )
-        kernel[:num_features] = keras.ops.convert_to_numpy(head_kernel)
-        bias[:] = keras.ops.convert_to_numpy(head.bias)
-    if label_input:
-        kernel[num_features:] = label_trust * np.eye(num_classes, dtype=kernel.dtype)
+    if weights is not None:
+        kernel[:num_features], bias[:] = weights
+    if label_weights is not None:
+        kernel[num_features:] = label_weights
     dense.kernel.assign(kernel)
     dense.bias.assign(bias)
+
+
+def head_weights(head, num_features, num_classes):
+    """The `(W, b)` of the classifier's last layer `head`, for `generator_init="classifier_head"`.
+
+    Raises:
+        ValueError: if `head` is not a linear Dense layer from the features to the classes.
+    """
+    expected = (num_features, num_classes)
+    head_kernel = getattr(head, "kernel", None)
+    if (
+        not isinstance(head, keras.layers.Dense)
+        or tuple(head_kernel.shape) != expected
+        or head.bias is None
+        or head.activation not in (keras.activations.linear, None)
+    ):
+        raise ValueError(
+            "Invalid value for argument `generator_init`. Received: generator_init="
+            f"'classifier_head', but the classifier's last layer {head.name!r} is not a "
+            f"Dense layer with a bias and no activation whose kernel has the shape "
+            f"{expected} of (features, classes). Use generator_init='random'."
+        )
+    return keras.ops.convert_to_numpy(head_kernel), keras.ops.convert_to_numpy(head.bias)
+
+
+# A class the meta set lacks starts this far below the lowest fitted logit.
+MISSING_CLASS_OFFSET = 10.0
+# The smallest noise-matrix entry whose log enters V: log(1e-4) ≈ −9.2 bounds the logits.
+MIN_TRANSITION = 1e-4
+
+
+def clean_posterior_weights(features, labels, num_classes, transition_matrix=None,
+                            regularization=1.0):  # fmt: skip
+    """`(W, b)` and V that make the generator's first soft labels the clean posterior.
+
+    W and b are a multinomial logistic regression of the clean labels on the features
+    (standardised for the fit, then folded back), so that softmax(W·h(x) + b) ≈ p(y | x).
+    V is log Tᵀ: with the given label ỹ as input the logits gain log T[y, ỹ], and the soft
+    labels become p(y | x, ỹ) ∝ p(y | x)·T[y, ỹ], the posterior under class-dependent noise.
+
+    Args:
+        features: float array `(N_m, F)`, the meta set's frozen features.
+        labels: int array `(N_m,)`, its clean labels.
+        num_classes: int, C.
+        transition_matrix: optional `(C, C)` array, T[i, j] = P(ỹ = j | y = i), for V.
+        regularization: float, the inverse L2 strength of the fit (scikit-learn's `C`).
+            Defaults to 1.0.
+
+    Returns:
+        `((W, b), V)`, with V `None` without `transition_matrix`.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    features = np.asarray(features, dtype="float64")
+    labels = np.asarray(labels)
+    mean, scale = features.mean(axis=0), features.std(axis=0)
+    scale[scale == 0] = 1.0
+    fit = LogisticRegression(C=regularization, max_iter=2000)
+    fit.fit((features - mean) / scale, labels)
+    coef, intercept = fit.coef_, fit.intercept_
+    if len(fit.classes_) == 2:  # scikit-learn keeps one row for two classes
+        coef = np.concatenate([-coef / 2, coef / 2])
+        intercept = np.concatenate([-intercept / 2, intercept / 2])
+    kernel = np.zeros((features.shape[1], num_classes))
+    fitted_bias = intercept - (coef / scale) @ mean
+    bias = np.full(num_classes, fitted_bias.min() - MISSING_CLASS_OFFSET)
+    kernel[:, fit.classes_] = (coef / scale).T
+    bias[fit.classes_] = fitted_bias
+    label_weights = None
+    if transition_matrix is not None:
+        label_weights = np.log(np.maximum(np.asarray(transition_matrix), MIN_TRANSITION)).T
+    return (kernel, bias), label_weights
 
 
 def generator_inputs(features, labels, num_classes, label_input):

@@ -7,9 +7,10 @@ label generator g_φ = softmax(W·h(x) + b) produces soft labels ŷ; (x, ỹ) is
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from mln_tf import distribute, losses, meta_gradient, training_batch
+from mln_tf import clean_baselines, distribute, losses, meta_gradient, training_batch
 from mln_tf import label_generator as generator_lib
 from mln_tf import options as options_lib
 from mln_tf.classifier_trainer import MetaTrainer, built_optimizer, serialize_model
@@ -36,7 +37,7 @@ class MetaLabelNet(MetaTrainer):
     4. updates φ with `generator_optimizer` on ∇_φ L_m (a second-order gradient);
     5. recomputes ŷ' = g_φ(h(x)) as a constant;
     6. updates θ with the main optimizer on L_c(θ; ŷ') + w·L_e(θ), reusing the forward
-       pass of step 2.
+       pass of step 2, plus λ·CE(f_θ(x_m), y_m) on the meta batch with `clean_weight`.
 
     With the authors' options the given noisy label is not used by the step; it only feeds
     the `label_agreement` metric (`label_input=True` gives it to the generator). The
@@ -50,12 +51,13 @@ class MetaLabelNet(MetaTrainer):
     L_e(θ)    = − mean_{i,j} p_ij log p_ij
     θ̂(φ)     = θ − α ∇_θ L_c(θ; g_φ(h(x)))
     φ        ← generator_optimizer(φ, ∇_φ CE(f_θ̂(φ)(x_m), y_m))
-    θ        ← optimizer(θ, ∇_θ [L_c(θ; stop_gradient(g_φ(h(x)))) + w L_e(θ)])
+    θ        ← optimizer(θ, ∇_θ [L_c(θ; stop_gradient(g_φ(h(x)))) + w L_e(θ)
+                             + λ CE(f_θ(x_m), y_m)])
     ```
 
     The options beyond the paper (`label_input`, `generator_init`, `loss_scale`,
-    `label_loss`, `virtual_scope`) and the forward-mode formula of the meta-gradient are in
-    `docs/algorithm.md`; `mln_tf.meta_gradient` computes it.
+    `label_loss`, `virtual_scope`, `clean_weight`) and the forward-mode formula of the
+    meta-gradient are in `docs/algorithm.md`; `mln_tf.meta_gradient` computes it.
 
     Training data: each element is `((x, y), (x_meta, y_meta))`, with integer labels and
     `y = -1` for unlabeled examples, or `(x, (x_meta, y_meta))` for a batch without labels.
@@ -92,6 +94,10 @@ class MetaLabelNet(MetaTrainer):
             cutting a copy of `classifier`. Defaults to `None`.
         label_generator: a `keras.Model` mapping features to soft labels, to use instead of
             a fresh single-layer generator. Defaults to `None`.
+        meta_data: the clean meta set, for `generator_init="clean_posterior"`: a tuple
+            `(images, labels)` of arrays, or a `tf.data.Dataset` of `(image, label)`
+            pairs, batched or not. Without it, call `initialize_label_generator(meta_data)`
+            before training. Defaults to `None`.
         **kwargs: options of `MetaLabelNetOptions` (`virtual_lr=`, `label_input=`, ...),
             and arguments of `keras.Model` (`name`, ...).
 
@@ -117,6 +123,7 @@ class MetaLabelNet(MetaTrainer):
         generator_optimizer=None,
         feature_extractor=None,
         label_generator=None,
+        meta_data=None,
         **kwargs,
     ):
         option_changes, kwargs = options_lib.split(kwargs)
@@ -138,11 +145,13 @@ class MetaLabelNet(MetaTrainer):
                 "label generator needs a flat feature vector of shape (batch, features). "
                 "Choose a dense or global-pooling layer as `feature_layer`."
             )
+        # Set by `initialize_label_generator`; a restored generator is initialized.
+        self._awaits_meta_data = False
         if label_generator is None:
             self.label_generator = generator_lib.build_label_generator(
                 feature_shape[-1], self.num_classes, self.label_input
             )
-            self.initialize_label_generator()
+            self.initialize_label_generator(meta_data)
         else:
             self.label_generator = label_generator
 
@@ -266,23 +275,74 @@ class MetaLabelNet(MetaTrainer):
         """
         generator_lib.refresh_feature_extractor(self.feature_extractor, self.classifier)
 
-    def initialize_label_generator(self):
+    def initialize_label_generator(self, meta_data=None):
         """Sets the generator's weights as `generator_init` and `label_trust` say, now.
 
         With `generator_init="classifier_head"`, W and b are copied from the classifier's
-        last layer as it is now: call this after warming up `model.classifier` when the
-        model was built before the warm-up (the Keras Tuner hypermodel does). With
-        `label_input`, V is set to `label_trust`·I. A random W and b are left as they are.
+        last layer as it is now, and with `label_input` V = `label_trust`·I. With
+        `"clean_posterior"`, W and b are fitted to `meta_data`'s clean labels on its frozen
+        features and V is the log of the noise matrix that the classifier's softmax gives
+        on it (Gold Loss Correction's estimate). Call this after warming up
+        `model.classifier` when the model was built before the warm-up (the Keras Tuner
+        hypermodel does). A random W and b are left as they are.
+
+        Args:
+            meta_data: the clean meta set, needed with `"clean_posterior"`: `(images,
+                labels)` arrays or a `tf.data.Dataset` of `(image, label)` pairs, batched
+                or not. Defaults to `None`.
 
         Raises:
             ValueError: with `"classifier_head"`, if the classifier's last layer is not a
-                linear Dense layer from the features to the classes.
+                linear Dense layer from the features to the classes; with
+                `"clean_posterior"`, for meta data that is not images and labels in range.
         """
-        head = self.classifier.layers[-1] if self.generator_init == "classifier_head" else None
         num_features = self.feature_extractor.output_shape[-1]
+        weights = label_weights = None
+        if self.label_input:
+            label_weights = self.label_trust * np.eye(self.num_classes)
+        if self.generator_init == "classifier_head":
+            weights = generator_lib.head_weights(
+                self.classifier.layers[-1], num_features, self.num_classes
+            )
+        elif self.generator_init == "clean_posterior":
+            if meta_data is None:
+                # Built before the warm-up: `fit` refuses to start until this is called.
+                self._awaits_meta_data = True
+                return
+            images, labels = training_batch.labelled_arrays(
+                meta_data, self.classifier.input_shape, self.num_classes, "meta_data"
+            )
+            features = self.feature_extractor.predict(images, batch_size=512, verbose=0)
+            matrix = clean_baselines.gold_transition_matrix(
+                self.classifier, images, labels, self.num_classes
+            )
+            weights, posterior_label_weights = generator_lib.clean_posterior_weights(
+                features, labels, self.num_classes, matrix
+            )
+            if self.label_input:
+                label_weights = posterior_label_weights
         generator_lib.initialize_label_generator(
-            self.label_generator, num_features, head, self.label_input, self.label_trust
+            self.label_generator, num_features, weights, label_weights
         )
+        self._awaits_meta_data = False
+
+    def fit(self, *args, **kwargs):
+        self._check_generator_initialized()
+        return super().fit(*args, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        self._check_generator_initialized()
+        return super().train_on_batch(*args, **kwargs)
+
+    def _check_generator_initialized(self):
+        if self._awaits_meta_data:
+            raise ValueError(
+                "This MetaLabelNet has generator_init='clean_posterior', which fits the label "
+                "generator on the clean meta set, but it was built without it. Pass "
+                "`meta_data=(images, labels)` to `MetaLabelNet(...)`, or call "
+                "`model.initialize_label_generator(meta_data)` after the warm-up and before "
+                "training."
+            )
 
     def generator_inputs(self, features, labels=None):
         """The label generator's input: the features, and with `label_input` the one-hot
@@ -348,8 +408,14 @@ class MetaLabelNet(MetaTrainer):
         loss, classifier_grads = self._classifier_gradients(
             meta_step.virtual_step, new_soft_labels, theta
         )
+        new_state = meta_step.new_state
+        if self.clean_weight:
+            # ... plus λ·CE on the meta batch at θ, in a pass of its own
+            clean_loss, clean_grads, new_state = self._clean_gradients(batch, theta, new_state)
+            loss = loss + self.clean_weight * clean_loss
+            classifier_grads = [a + b for a, b in zip(classifier_grads, clean_grads)]
         step_ok = tf.logical_and(step_ok, distribute.on_all_replicas(tf.math.is_finite(loss)))
-        distribute.run_if(step_ok, self._update_classifier, classifier_grads, meta_step.new_state)
+        distribute.run_if(step_ok, self._update_classifier, classifier_grads, new_state)
 
         return self._update_metrics(batch, meta_step, loss, labels_ok, step_ok)
 
@@ -378,6 +444,22 @@ class MetaLabelNet(MetaTrainer):
         logits_grads = logits_tape.gradient(scaled_loss, logits)
         grads = virtual_step.tape.gradient(logits, theta, output_gradients=logits_grads)
         return loss, grads
+
+    def _clean_gradients(self, batch, theta, state):
+        """CE(f_θ(x_m), y_m) and the gradient of λ times it; the state keeps the noisy pass's
+        batch-normalisation statistics and draws this pass's dropout masks afresh."""
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            logits, clean_state = meta_gradient.classifier_logits(
+                self.classifier, theta, state, batch.x_meta
+            )
+            clean_loss = losses.meta_loss(batch.y_meta, logits)
+            scaled_loss = self.optimizer.scale_loss(
+                distribute.scale_for_replicas(self.clean_weight * clean_loss)
+            )
+        grads = tape.gradient(scaled_loss, theta)
+        new_state = meta_gradient.state_after_step(self.classifier, state, clean_state)
+        return clean_loss, grads, new_state
 
     def _update_metrics(self, batch, meta_step, loss, labels_ok, step_ok):
         self.loss_tracker.update_state(loss)

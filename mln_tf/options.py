@@ -107,12 +107,18 @@ class MetaLabelNetOptions:
             `False`.
         label_trust: float, κ, the given label's initial logit bonus, V = κ·I (with
             `label_input` only). Defaults to 0.0.
-        generator_init: `"random"` or `"classifier_head"` (W, b start as the warmed-up
-            classifier's last layer). Defaults to `"random"`.
+        generator_init: `"random"`, `"classifier_head"` (W, b start as the warmed-up
+            classifier's last layer) or `"clean_posterior"` (W, b fitted to the clean meta
+            set's labels on its frozen features and, with `label_input`, V the log of the
+            noise matrix estimated on the meta set, so that the first soft labels are the
+            posterior p(y | x, ỹ)). Defaults to `"random"`.
         loss_scale: `"mean"` (L_c and L_e averaged over B×C) or `"sum_over_classes"`
             (summed over classes, averaged over the batch). Defaults to `"mean"`.
         label_loss: `"reverse_kl"`, KL(p‖ŷ), or `"cross_entropy"`, −Σ ŷ log p. Defaults to
             `"reverse_kl"`.
+        clean_weight: float, λ, the weight of the meta batch's cross-entropy in the
+            classifier's own update (not in the virtual step). Defaults to 0.0: the
+            classifier learns from the soft labels only.
     """
 
     virtual_lr: float = _option(1.0, "α, the virtual step's size", COMPILE, check=_positive)
@@ -148,7 +154,7 @@ class MetaLabelNetOptions:
     )  # fmt: skip
     generator_init: str = _option(
         "random", "the generator's first weights", GENERATOR,
-        choices=("random", "classifier_head"),
+        choices=("random", "classifier_head", "clean_posterior"),
     )  # fmt: skip
     loss_scale: str = _option(
         "mean", "the reduction of the soft-label and entropy losses", COMPILE,
@@ -157,6 +163,10 @@ class MetaLabelNetOptions:
     label_loss: str = _option(
         "reverse_kl", "the classifier's loss on the soft labels", COMPILE,
         choices=("reverse_kl", "cross_entropy"),
+    )  # fmt: skip
+    clean_weight: float = _option(
+        0.0, "λ, the weight of the meta batch's cross-entropy in the classifier's update",
+        COMPILE, check=_non_negative,
     )  # fmt: skip
 
     def __post_init__(self):

@@ -37,6 +37,7 @@ from mln_tf.meta_weight_net import MetaWeightNet
 from mln_tf.optimizers import paper_classifier_optimizer
 from mln_tf.selection import MODEL_SELECTION, select_epochs
 from mln_tf.train_config import (  # noqa: F401  (the main job's names, kept here too)
+    BASELINES,
     DATASETS,
     HUMAN_NOISE_DATASETS,
     LABEL_SETS,
@@ -56,15 +57,11 @@ METHOD_LOSSES = {
         _estimate_transition_matrix(session, warm_up_dir)
     ),
 }
-# Methods that also train on the clean meta set, and the authors' MetaLabelNet.
-CLEAN_DATA_BASELINES = (
+# Every baseline has its loss above or its own stage below.
+assert set(BASELINES) - set(METHOD_LOSSES) == {
     "cross_entropy_clean", "gold_loss_correction", "fine_tune", "meta_weight_net",
     "meta_label_net_paper",
-)  # fmt: skip
-BASELINES = (
-    *(name for name in METHOD_LOSSES if name != "cross_entropy"),
-    *CLEAN_DATA_BASELINES,
-)
+}  # fmt: skip
 
 
 class ConfigurationError(ValueError):
@@ -146,7 +143,7 @@ def run(config, out_dir, verbose=1, command=None):
 
     warm_up_dir, warm_up_history, warm_up_cached = _warm_up(session)
     histories = {}
-    methods = ["cross_entropy", "meta_label_net", *(BASELINES if config.baselines else ())]
+    methods = ["cross_entropy", "meta_label_net", *config.baseline_methods()]
     label_correction = None
     for method in methods:
         if method == "meta_label_net":
@@ -327,7 +324,7 @@ def _meta_label_net_stage(session, warm_up_dir, method="meta_label_net", options
             # Under a strategy Keras runs without XLA; MetaLabelNet warns if it was asked.
             jit_compile=config.jit_compile,
         )
-    schedule.start_meta_stage(model, classifier)
+    schedule.start_meta_stage(model, classifier, meta_data=session.data.meta)
     callbacks = [_evaluate(session, model.classifier, method)]
     correction = None
     data = session.data

@@ -56,6 +56,13 @@ WARM_UP_FIELDS = (
 # Names of an earlier release: `stage1` is `warmup_epochs`; `stage2` (and `epochs`) was the
 # last epoch, `warmup_epochs + meta_epochs`.
 DEPRECATED_FIELDS = ("stage1", "stage2", "epochs")
+# The baselines that `baselines=True` trains besides cross-entropy, in this order: the
+# loss-based ones, then those that also learn from the clean meta set.
+BASELINES = (
+    "symmetric_cross_entropy", "generalized_cross_entropy", "soft_bootstrapping",
+    "forward_correction", "cross_entropy_clean", "gold_loss_correction", "fine_tune",
+    "meta_weight_net", "meta_label_net_paper",
+)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -100,7 +107,8 @@ class TrainConfig:
         max_train_examples: optional int, to train on the first examples only.
             Defaults to `None`.
         data_dir: optional str, the folder of the dataset's files. Defaults to `None`.
-        baselines: bool, whether to also train the loss-based baselines. Defaults to
+        baselines: bool, or a sequence of names from `BASELINES`: the baselines to train
+            besides cross-entropy and MetaLabelNet, all of them with `True`. Defaults to
             `False`.
         clean_reference: bool, whether to also train cross-entropy on the true labels.
             Defaults to `False`.
@@ -135,7 +143,7 @@ class TrainConfig:
     deterministic: bool = False
     max_train_examples: int | None = None
     data_dir: str | None = None
-    baselines: bool = False
+    baselines: bool | tuple = False
     clean_reference: bool = False
     strategy: str | None = None
     devices: int | None = None
@@ -198,6 +206,12 @@ class TrainConfig:
         """
         return cls.from_settings(preset=name, **overrides)
 
+    def baseline_methods(self):
+        """The names of the baselines this run trains, in `BASELINES`' order."""
+        if self.baselines is True:
+            return BASELINES
+        return tuple(name for name in BASELINES if name in (self.baselines or ()))
+
     def __post_init__(self):
         if isinstance(self.options, dict):  # read back from config.json
             self.options = options_lib.MetaLabelNetOptions(**self.options)
@@ -208,6 +222,14 @@ class TrainConfig:
             )
         self.learning_rates = tuple(float(rate) for rate in self.learning_rates)
         self.lr_boundaries = tuple(int(epoch) for epoch in self.lr_boundaries)
+        if not isinstance(self.baselines, bool):
+            self.baselines = tuple(self.baselines)
+            unknown = [name for name in self.baselines if name not in BASELINES]
+            if unknown:
+                raise ValueError(
+                    f"Invalid value for argument `baselines`. Received: {unknown[0]!r}. "
+                    f"Expected True, False or names from: {', '.join(BASELINES)}."
+                )
         if self.dataset not in DATASETS:
             raise ValueError(
                 f"Invalid value for argument `dataset`. Received: dataset={self.dataset!r}. "

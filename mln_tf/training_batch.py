@@ -151,3 +151,56 @@ def _to_tensor(value):
 
 def _structure(data):
     return tf.nest.map_structure(lambda t: getattr(t, "shape", type(t).__name__), data)
+
+
+def labelled_arrays(data, input_shape, num_classes, name):
+    """`(images, labels)` as NumPy arrays from arrays or a `tf.data.Dataset` of pairs.
+
+    Args:
+        data: a tuple `(images, labels)`, or a `tf.data.Dataset` of `(image, label)`
+            pairs, batched or not.
+        input_shape: the classifier's input shape, batch dimension included.
+        num_classes: int, C.
+        name: str, the argument's name for the error messages.
+
+    Raises:
+        ValueError: for another structure, images of another shape, labels that are not
+            integers in [0, C) or not one per image, or no example at all.
+    """
+    if isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        if not (isinstance(spec, tuple) and len(spec) == 2):
+            raise ValueError(
+                f"Invalid value for argument `{name}`: a dataset of elements {spec}. "
+                "Expected `(image, label)` pairs."
+            )
+        if spec[0].shape.rank == len(input_shape) - 1:
+            data = data.batch(512)
+        pairs = list(data.as_numpy_iterator())
+        if not pairs:
+            raise ValueError(f"Invalid value for argument `{name}`: the dataset is empty.")
+        data = tuple(np.concatenate(part) for part in zip(*pairs))
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Received: {type(data).__name__}. Expected "
+            "a tuple `(images, labels)` or a `tf.data.Dataset` of `(image, label)` pairs."
+        )
+    images, labels = (np.asarray(part) for part in data)
+    _check_images_shape(images, name, input_shape)
+    labels = labels.reshape(-1) if labels.ndim == 2 and labels.shape[1] == 1 else labels
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"The labels of `{name}` must be integer class indices of shape (N,). Received "
+            f"dtype {labels.dtype} and shape {labels.shape}."
+        )
+    if len(labels) != len(images) or not len(labels):
+        raise ValueError(
+            f"Invalid value for argument `{name}`: {len(images)} images and {len(labels)} "
+            "labels. Expected one label per image, and at least one image."
+        )
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(
+            f"The labels of `{name}` range from {labels.min()} to {labels.max()}. Expected "
+            f"class indices in [0, {num_classes})."
+        )
+    return images, labels

@@ -262,7 +262,7 @@ class MetaLabelNetHyperModel(kt.HyperModel):
         warm.set_weights(model.classifier.get_weights())
         schedule.compile_for_warm_up(warm, self.learning_rate, jit_compile=self.jit_compile)
         history = schedule.warm_up(warm, _warmup_batches(x), epochs, verbose=verbose)
-        schedule.start_meta_stage(model, warm)
+        schedule.start_meta_stage(model, warm, meta_data=_meta_sample(x))
         return history
 
     def _check_training_data(self, x):
@@ -395,3 +395,12 @@ def _declare(hp, name, space, default):
     if default is None or not low <= default <= high:
         default = low
     return hp.Float(name, low, high, sampling="log" if log else "linear", default=default)
+
+
+# Meta batches that `generator_init="clean_posterior"` fits the generator on: a sample of
+# the meta set, whose batches the training stream repeats.
+META_SAMPLE_BATCHES = 20
+
+
+def _meta_sample(x):
+    return x.map(lambda noisy, meta: meta).take(META_SAMPLE_BATCHES)

@@ -178,26 +178,38 @@ def softmax(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def classifier_loss(params, x, soft_labels, label_loss, loss_scale, entropy_weight):
-    """L_c(θ; ŷ') + w·L_e(θ) of the 4 → 5 (tanh) → 3 classifier, in NumPy."""
+def classifier_loss(params, x, soft_labels, label_loss, loss_scale, entropy_weight,
+                    clean_weight=0.0, meta=None):  # fmt: skip
+    """L_c(θ; ŷ') + w·L_e(θ) + λ·CE(θ; meta) of the 4 → 5 (tanh) → 3 classifier, in NumPy."""
     w1, b1, w2, b2 = params
-    p = softmax(np.tanh(x @ w1 + b1) @ w2 + b2)
+
+    def probabilities(images):
+        return softmax(np.tanh(images @ w1 + b1) @ w2 + b2)
+
+    p = probabilities(x)
     if label_loss == "reverse_kl":
         elementwise = p * (np.log(p) - np.log(soft_labels + LOG_EPSILON))
     else:
         elementwise = -soft_labels * np.log(p)
     entropy = -p * np.log(p)
     reduce = (lambda e: e.sum(axis=1).mean()) if loss_scale == "sum_over_classes" else np.mean
-    return reduce(elementwise) + entropy_weight * reduce(entropy)
+    loss = reduce(elementwise) + entropy_weight * reduce(entropy)
+    if clean_weight:
+        x_meta, y_meta = meta
+        p_meta = probabilities(x_meta)
+        loss += clean_weight * -np.log(p_meta[np.arange(len(y_meta)), y_meta]).mean()
+    return loss
 
 
 @pytest.mark.parametrize(
-    "label_loss, loss_scale, entropy_weight",
-    list(itertools.product(["reverse_kl", "cross_entropy"], ["mean", "sum_over_classes"],
-                           [0.0, 0.7])),  # fmt: skip
-)
+    "label_loss, loss_scale, entropy_weight, clean_weight",
+    [*itertools.product(["reverse_kl", "cross_entropy"], ["mean", "sum_over_classes"],
+                        [0.0, 0.7], [0.0]),
+     ("cross_entropy", "sum_over_classes", 0.0, 0.8),
+     ("reverse_kl", "mean", 0.7, 0.8)],
+)  # fmt: skip
 def test_classifier_update_matches_finite_differences_on_the_new_soft_labels(
-    label_loss, loss_scale, entropy_weight
+    label_loss, loss_scale, entropy_weight, clean_weight
 ):
     keras.config.set_floatx("float64")
     rng = np.random.default_rng(5)
@@ -208,7 +220,8 @@ def test_classifier_update_matches_finite_differences_on_the_new_soft_labels(
     learning_rate = 0.3
     model.compile(optimizer=keras.optimizers.SGD(learning_rate),
                   generator_optimizer=keras.optimizers.SGD(2.0),
-                  entropy_weight=entropy_weight, virtual_lr=0.5)  # fmt: skip
+                  entropy_weight=entropy_weight, virtual_lr=0.5,
+                  clean_weight=clean_weight)  # fmt: skip
     before = [w.copy() for w in classifier.get_weights()]
     generator_before = model.label_generator.get_weights()
     features = model.feature_extractor.predict(x, verbose=0)
@@ -227,10 +240,10 @@ def test_classifier_update_matches_finite_differences_on_the_new_soft_labels(
             shifted = [p.copy() for p in before]
             shifted[index][position] += 1e-6
             plus = classifier_loss(shifted, x, new_soft_labels, label_loss, loss_scale,
-                                   entropy_weight)  # fmt: skip
+                                   entropy_weight, clean_weight, (x_meta, y_meta))  # fmt: skip
             shifted[index][position] -= 2e-6
             minus = classifier_loss(shifted, x, new_soft_labels, label_loss, loss_scale,
-                                    entropy_weight)  # fmt: skip
+                                    entropy_weight, clean_weight, (x_meta, y_meta))  # fmt: skip
             gradient[position] = (plus - minus) / 2e-6
         expected.append(param - learning_rate * gradient)
     for got, want in zip(classifier.get_weights(), expected, strict=True):

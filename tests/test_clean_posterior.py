@@ -1,0 +1,165 @@
+"""The generator started at the clean posterior (`generator_init="clean_posterior"`) and the
+meta batch's cross-entropy in the classifier's update (`clean_weight`).
+
+W and b are checked against the optimality condition of the regularised logistic
+regression they solve, and V against a noise matrix computed again here in NumPy.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import layers
+
+import mln_tf
+from mln_tf import label_generator
+
+NUM_CLASSES = 3
+NUM_FEATURES = 5
+
+
+def tanh_classifier():
+    inputs = keras.Input((4,))
+    hidden = layers.Dense(NUM_FEATURES, activation="tanh", name="features")(inputs)
+    return keras.Model(inputs, layers.Dense(NUM_CLASSES, name="logits")(hidden))
+
+
+def meta_set(size=60, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(size) % NUM_CLASSES
+    centres = rng.normal(size=(NUM_CLASSES, 4))
+    images = (centres[labels] + 0.7 * rng.normal(size=(size, 4))).astype("float32")
+    return images, labels
+
+
+def softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def posterior_model(meta_data, **options):
+    options = dict(label_input=True, generator_init="clean_posterior", **options)
+    return mln_tf.MetaLabelNet(tanh_classifier(), feature_layer="features",
+                               meta_data=meta_data, **options)  # fmt: skip
+
+
+def test_w_and_b_solve_the_regularised_logistic_regression_on_the_meta_features():
+    images, labels = meta_set()
+    model = posterior_model((images, labels))
+    kernel, bias = model.label_generator.get_weights()
+    w, b = kernel[:NUM_FEATURES].astype("float64"), bias.astype("float64")
+    features = model.feature_extractor.predict(images, verbose=0).astype("float64")
+
+    # The fit is on standardised features with an L2 penalty ½‖W_s‖² against C = 1 times
+    # the summed cross-entropy; at its optimum the gradient vanishes.
+    mean, scale = features.mean(axis=0), features.std(axis=0)
+    standardized = (features - mean) / scale
+    w_standardized = w * scale[:, None]
+    residual = softmax(features @ w + b) - np.eye(NUM_CLASSES)[labels]
+    np.testing.assert_allclose(standardized.T @ residual + w_standardized, 0.0, atol=1e-2)
+    np.testing.assert_allclose(residual.sum(axis=0), 0.0, atol=1e-2)
+    # Not the classifier's head: that would leave a large gradient.
+    head_w, head_b = model.classifier.get_layer("logits").get_weights()
+    head_residual = softmax(features @ head_w + head_b) - np.eye(NUM_CLASSES)[labels]
+    assert np.abs(standardized.T @ head_residual + head_w * scale[:, None]).max() > 0.1
+
+
+def test_v_is_the_log_of_the_noise_matrix_the_warmed_up_classifier_gives():
+    images, labels = meta_set()
+    model = posterior_model((images, labels))
+    kernel, _ = model.label_generator.get_weights()
+    probabilities = softmax(model.classifier.predict(images, verbose=0).astype("float64"))
+    matrix = np.stack([probabilities[labels == c].mean(axis=0) for c in range(NUM_CLASSES)])
+    np.testing.assert_allclose(kernel[NUM_FEATURES:], np.log(matrix).T, rtol=1e-5, atol=1e-5)
+
+    # The first soft labels are then p(y | x)·T[y, ỹ], normalised.
+    x, given = images[:6], np.array([0, 1, 2, 2, 1, 0])
+    features = model.feature_extractor.predict(x, verbose=0)
+    clean = softmax(features @ kernel[:NUM_FEATURES] + model.label_generator.get_weights()[1])
+    expected = clean * matrix[:, given].T
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(model.predict_soft_labels(x, given), expected, rtol=1e-4,
+                               atol=1e-5)  # fmt: skip
+
+
+def test_without_the_label_input_only_w_and_b_are_fitted():
+    images, labels = meta_set()
+    model = posterior_model((images, labels), label_trust=2.0).label_generator.get_weights()
+    plain = mln_tf.MetaLabelNet(tanh_classifier(), feature_layer="features",
+                                generator_init="clean_posterior",
+                                meta_data=(images, labels))  # fmt: skip
+    assert plain.label_generator.get_weights()[0].shape == (NUM_FEATURES, NUM_CLASSES)
+    assert model[0].shape == (NUM_FEATURES + NUM_CLASSES, NUM_CLASSES)
+
+
+def test_a_dataset_batched_or_not_gives_the_weights_the_arrays_give():
+    images, labels = meta_set()
+    classifier = tanh_classifier()
+    expected = None
+    for meta_data in [
+        (images, labels),
+        tf.data.Dataset.from_tensor_slices((images, labels)),
+        tf.data.Dataset.from_tensor_slices((images, labels)).batch(7),
+    ]:
+        model = mln_tf.MetaLabelNet(classifier, feature_layer="features", label_input=True,
+                                    generator_init="clean_posterior",
+                                    meta_data=meta_data)  # fmt: skip
+        weights = model.label_generator.get_weights()
+        if expected is None:
+            expected = weights
+        for got, want in zip(weights, expected):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_a_class_missing_from_the_meta_set_starts_far_below_the_others():
+    images, labels = meta_set()
+    present = labels != 2
+    model = posterior_model((images[present], labels[present]))
+    kernel, bias = model.label_generator.get_weights()
+    assert bias[2] <= min(bias[0], bias[1]) - label_generator.MISSING_CLASS_OFFSET + 1e-6
+    np.testing.assert_array_equal(kernel[:NUM_FEATURES, 2], 0.0)
+
+
+def test_training_without_the_meta_set_is_refused_until_it_is_given():
+    images, labels = meta_set()
+    model = posterior_model(None)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=False)
+    batch = ((images[:6], labels[:6]), (images[6:12], labels[6:12]))
+    message = "generator_init='clean_posterior'.*built without it"
+    with pytest.raises(ValueError, match=message):
+        model.train_on_batch(batch)
+    dataset = tf.data.Dataset.from_tensors(batch)
+    with pytest.raises(ValueError, match=message):
+        model.fit(dataset, verbose=0)
+    model.initialize_label_generator((images, labels))
+    logs = model.train_on_batch(batch, return_dict=True)
+    assert np.isfinite(logs["loss"])
+
+
+@pytest.mark.parametrize(
+    "meta_data, message",
+    [
+        ((np.zeros((4, 4), "float32"), np.array([0, 1, 2, 3])), "range from 0 to 3"),
+        ((np.zeros((4, 4), "float32"), np.array([0, 1, 2])), "4 images and 3 labels"),
+        ((np.zeros((4, 6), "float32"), np.array([0, 1, 2, 0])), r"shape \(6,\)"),
+        ((np.zeros((4, 4), "float32"), np.zeros(4)), "must be integer class indices"),
+        (np.zeros((4, 4), "float32"), "Expected a tuple `\\(images, labels\\)`"),
+    ],
+)
+def test_bad_meta_data_is_named(meta_data, message):
+    with pytest.raises(ValueError, match=message):
+        posterior_model(meta_data)
+
+
+def test_the_train_job_fits_the_generator_on_the_meta_set(tmp_path):
+    config = mln_tf.train.TrainConfig(
+        dataset="digits", noise="symmetric", rate=0.4, warmup_epochs=1, meta_epochs=1,
+        batch_size=32, jit_compile=False, warm_up_cache=False,
+        options=mln_tf.options.RECOMMENDED.replace(generator_init="clean_posterior",
+                                                   clean_weight=1.0),
+    )  # fmt: skip
+    results = mln_tf.train.run(config, str(tmp_path), verbose=0)
+    assert results["methods"]["meta_label_net"]["test_accuracy_final"] > 0.5
+    model = keras.saving.load_model(tmp_path / "meta_label_net.keras")
+    assert (model.generator_init, model.clean_weight) == ("clean_posterior", 1.0)
