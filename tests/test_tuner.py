@@ -240,6 +240,25 @@ def test_warm_up_starts_the_generator_from_the_warmed_up_head(digits):
     np.testing.assert_allclose(soft, expected, atol=1e-5)
 
 
+def test_warm_up_fits_a_clean_posterior_generator_on_the_meta_batches(digits):
+    data, train, validation = digits
+    options = mln_tf.options.RECOMMENDED.replace(generator_init="clean_posterior",
+                                                 clean_weight=1.0)  # fmt: skip
+    model_builder = hypermodel(data, warmup_epochs=1, options=options)
+    hp = kt.HyperParameters()
+    model = model_builder.build(hp)
+    with pytest.raises(ValueError, match="built without it"):
+        model.fit(train, verbose=0)
+    model_builder.fit(hp, model, train, validation_data=validation, verbose=0)
+
+    # V is the log of a noise matrix (its values: test_clean_posterior.py), not κ·I.
+    num_features = model.feature_extractor.output_shape[-1]
+    kernel = model.label_generator.layers[-1].kernel.numpy()
+    assert kernel[num_features:].shape == (10, 10)
+    assert not np.allclose(kernel[num_features:], 5.0 * np.eye(10))
+    assert validation_accuracy(model, validation) > 0.5
+
+
 def test_the_authors_algorithm_is_their_options_with_the_dimensions_fixed():
     hp = kt.HyperParameters()
     built = hypermodel(
