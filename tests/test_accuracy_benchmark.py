@@ -83,6 +83,9 @@ def test_grid_arguments_are_checked():
     assert accuracy.parse_override("label_trust=10") == ("label_trust", 10.0)
     assert accuracy.parse_override("validation_size=50") == ("validation_size", 50)
     assert accuracy.parse_override("meta_size=250") == ("meta_size", 250)
+    assert accuracy.parse_override("baselines=true") == ("baselines", True)
+    assert accuracy.parse_override("baselines=gold_loss_correction,fine_tune") == (
+        "baselines", ("gold_loss_correction", "fine_tune"))  # fmt: skip
     assert accuracy.build_parser().get_default("seeds") == [0, 1, 2]
     with pytest.raises(accuracy.argparse.ArgumentTypeError, match="Expected NOISE:RATE"):
         accuracy.parse_setting("symmetric")

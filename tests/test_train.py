@@ -353,6 +353,23 @@ def test_options_reach_the_config_by_name_and_flag():
         TrainConfig.from_settings(label_truth=3.0)
 
 
+def test_baselines_are_all_or_the_named_ones(capsys):
+    def baselines(*flags):
+        config = config_from_args(build_parser().parse_args(["train", *flags]))
+        return config.baselines, config.baseline_methods()
+
+    assert baselines() == (False, ())
+    assert baselines("--baselines") == (True, mln_tf.train.BASELINES)
+    # In BASELINES' order, whatever the order on the command line.
+    assert baselines("--baselines", "fine_tune", "gold_loss_correction")[1] == (
+        "gold_loss_correction", "fine_tune")  # fmt: skip
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--baselines", "glc"])
+    assert "invalid choice: 'glc'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="Received: 'glc'. Expected True, False or names from"):
+        TrainConfig(baselines=["glc"])
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
