@@ -180,6 +180,37 @@ def test_missing_fashion_mnist_folder_says_how_to_get_the_files(tmp_path):
     assert "train-images-idx3-ubyte.gz" in message and "data_dir" in message
 
 
+def test_keras_downloads_fashion_mnist_only_when_opted_in(tmp_path, monkeypatch):
+    import keras
+
+    rng = np.random.default_rng(0)
+    train = (rng.integers(0, 256, (30, 28, 28), dtype=np.uint8), np.arange(30) % 10)
+    test = (rng.integers(0, 256, (10, 28, 28), dtype=np.uint8), np.arange(10))
+    calls = []
+
+    def fake_load_data():  # stands for the download: the tests stay offline
+        calls.append(1)
+        return train, test
+
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", fake_load_data)
+    monkeypatch.setattr(sources, "DEFAULT_FASHION_MNIST_DIR", str(tmp_path / "absent"))
+    monkeypatch.delenv(sources.DOWNLOAD_VARIABLE, raising=False)
+    with pytest.raises(DatasetFilesNotFoundError, match="MLN_TF_DOWNLOAD_FASHION_MNIST=1"):
+        sources.load_fashion_mnist()
+    assert not calls
+
+    monkeypatch.setenv(sources.DOWNLOAD_VARIABLE, "1")
+    source = sources.load_fashion_mnist()
+    assert calls == [1]
+    np.testing.assert_array_equal(source.train_images[..., 0], train[0])
+    np.testing.assert_array_equal(source.test_labels, test[1])
+    assert source.train_images.shape == (30, 28, 28, 1)
+    # A folder the user names is never replaced by a download.
+    with pytest.raises(DatasetFilesNotFoundError):
+        sources.load_fashion_mnist(tmp_path / "nowhere")
+    assert calls == [1]
+
+
 def test_incomplete_fashion_mnist_folder_names_the_missing_file(tmp_path):
     dummy_data.write_fashion_mnist(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()

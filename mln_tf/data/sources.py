@@ -27,12 +27,17 @@ FASHION_MNIST_CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
+# Opt-in, outside Debian (macOS, Colab): with this variable set to 1, Keras downloads
+# Fashion-MNIST once (`keras.datasets.fashion_mnist`, into ~/.keras/datasets) when the
+# default folder lacks it. Nothing is downloaded without it.
+DOWNLOAD_VARIABLE = "MLN_TF_DOWNLOAD_FASHION_MNIST"
 FASHION_MNIST_INSTRUCTIONS = (
     "Install them with `sudo apt-get install dataset-fashion-mnist` (Debian and Ubuntu put "
     f"them in {DEFAULT_FASHION_MNIST_DIR}), or copy the four original Fashion-MNIST files "
     f"({', '.join(FASHION_MNIST_FILES.values())}; gzipped or not) from any copy of the "
     "dataset into a folder and pass that folder as `data_dir` (or, for the TFDS builder, "
-    "as `tfds.download.DownloadConfig(manual_dir=...)`)."
+    "as `tfds.download.DownloadConfig(manual_dir=...)`). Where there is network, set the "
+    f"environment variable {DOWNLOAD_VARIABLE}=1 to let Keras download them instead."
 )
 # The IDX format's magic numbers: unsigned bytes, with 1 (labels) or 3 (images) dimensions.
 IDX_UBYTE_LABELS = 0x00000801
@@ -199,24 +204,47 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> ArraySource
 
     Args:
         data_dir: optional folder holding the files (gzipped or not). Defaults to Debian's
-            `/usr/share/datasets/fashion-mnist`.
+            `/usr/share/datasets/fashion-mnist`; where that folder lacks them and the
+            environment variable `MLN_TF_DOWNLOAD_FASHION_MNIST` is `1`, Keras downloads
+            them (`keras.datasets.fashion_mnist.load_data`).
 
     Returns:
         An `ArraySource` of 60,000 training and 10,000 test images of shape `(28, 28, 1)`.
+
+    Raises:
+        DatasetFilesNotFoundError: if the files are not found (and not downloaded).
     """
-    folder = find_fashion_mnist_dir(data_dir if data_dir is not None else DEFAULT_FASHION_MNIST_DIR)
+    try:
+        folder = find_fashion_mnist_dir(
+            data_dir if data_dir is not None else DEFAULT_FASHION_MNIST_DIR
+        )
+    except DatasetFilesNotFoundError:
+        if data_dir is not None or os.environ.get(DOWNLOAD_VARIABLE) != "1":
+            raise
+        import keras
+
+        (train_images, train_labels), (test_images, test_labels) = (
+            keras.datasets.fashion_mnist.load_data()
+        )
+        arrays = {"train_images": train_images, "train_labels": train_labels,
+                  "test_images": test_images, "test_labels": test_labels}  # fmt: skip
+        return _fashion_mnist_source(arrays, "keras.datasets.fashion_mnist")
     arrays = {key: read_idx(_find_file(folder, file)) for key, file in FASHION_MNIST_FILES.items()}
+    return _fashion_mnist_source(arrays, folder)
+
+
+def _fashion_mnist_source(arrays, where):
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
             raise ValueError(
-                f"Invalid Fashion-MNIST {split} files in {folder}. Received: images of shape "
+                f"Invalid Fashion-MNIST {split} files in {where}. Received: images of shape "
                 f"{images.shape} and labels of shape {labels.shape}. Expected (N, 28, 28) "
                 "and (N,)."
             )
         if labels.max() >= len(FASHION_MNIST_CLASS_NAMES):
             raise ValueError(
-                f"Invalid Fashion-MNIST {split} labels in {folder}. Received: a label "
+                f"Invalid Fashion-MNIST {split} labels in {where}. Received: a label "
                 f"{int(labels.max())}. Expected labels in [0, 10)."
             )
     return ArraySource(
