@@ -133,9 +133,14 @@ class MetaLabelNet(MetaTrainer):
         self._options = (options or options_lib.PAPER).replace(**option_changes)
         _check_head_layers(self._options.head_layers, classifier)
 
-        if feature_extractor is None:
+        if self._options.generator_input == "classifier_logits":
+            # The generator reads the classifier's own current logits, not a frozen copy.
+            feature_extractor = classifier
+        elif feature_extractor is None:
             feature_extractor = generator_lib.freeze_feature_extractor(classifier, feature_layer)
-        feature_extractor.trainable = False
+            feature_extractor.trainable = False
+        else:
+            feature_extractor.trainable = False
         self.feature_extractor = feature_extractor
 
         feature_shape = feature_extractor.output_shape
@@ -242,7 +247,10 @@ class MetaLabelNet(MetaTrainer):
                 "generator_optimizer": keras.saving.serialize_keras_object(
                     self.generator_optimizer
                 ),
-                "feature_extractor": serialize_model(self.feature_extractor),
+                # With the logits, the extractor is the classifier itself.
+                "feature_extractor": None
+                if self.generator_input == "classifier_logits"
+                else serialize_model(self.feature_extractor),
                 "label_generator": serialize_model(self.label_generator),
             }
         )
@@ -252,7 +260,8 @@ class MetaLabelNet(MetaTrainer):
     def from_config(cls, config):
         config = dict(config)
         for key in ("classifier", "feature_extractor", "label_generator", "generator_optimizer"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
+            if config[key] is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
         if isinstance(config.get("options"), dict):
             config["options"] = options_lib.MetaLabelNetOptions(**config["options"])
         return cls(**config)
@@ -273,6 +282,8 @@ class MetaLabelNet(MetaTrainer):
             ValueError: if the extractor was passed in as `feature_extractor=` rather than
                 cut from the classifier.
         """
+        if self.generator_input == "classifier_logits":
+            return  # the generator reads the classifier itself
         generator_lib.refresh_feature_extractor(self.feature_extractor, self.classifier)
 
     def initialize_label_generator(self, meta_data=None):
@@ -300,7 +311,11 @@ class MetaLabelNet(MetaTrainer):
         weights = label_weights = None
         if self.label_input:
             label_weights = self.label_trust * np.eye(self.num_classes)
-        if self.generator_init == "classifier_head":
+        reads_logits = self.generator_input == "classifier_logits"
+        if reads_logits and self.generator_init != "random":
+            # softmax(I·z + 0) is the classifier's own prediction.
+            weights = (np.eye(self.num_classes), np.zeros(self.num_classes))
+        if self.generator_init == "classifier_head" and not reads_logits:
             weights = generator_lib.head_weights(
                 self.classifier.layers[-1], num_features, self.num_classes
             )
@@ -316,9 +331,11 @@ class MetaLabelNet(MetaTrainer):
             matrix = clean_baselines.gold_transition_matrix(
                 self.classifier, images, labels, self.num_classes
             )
-            weights, posterior_label_weights = generator_lib.clean_posterior_weights(
+            fitted, posterior_label_weights = generator_lib.clean_posterior_weights(
                 features, labels, self.num_classes, matrix
             )
+            if not reads_logits:
+                weights = fitted
             if self.label_input:
                 label_weights = posterior_label_weights
         generator_lib.initialize_label_generator(
@@ -420,9 +437,20 @@ class MetaLabelNet(MetaTrainer):
         return self._update_metrics(batch, meta_step, loss, labels_ok, step_ok)
 
     def _generator_inputs(self, batch):
-        """Frozen features of the noisy batch (unless the batch carries them), and with
-        `label_input` its one-hot labels."""
-        if batch.features is None:
+        """Frozen features of the noisy batch (unless the batch carries them), or the
+        classifier's current logits as constants; and with `label_input` its one-hot
+        labels."""
+        if self.generator_input == "classifier_logits":
+            if batch.features is not None:
+                raise ValueError(
+                    "The training batches carry cached frozen features, but this "
+                    "MetaLabelNet's generator reads the classifier's current logits "
+                    '(`generator_input="classifier_logits"`), which caching would freeze. '
+                    "Train on batches without features (no `mln_tf.data.cache_features`)."
+                )
+            logits = self.classifier(batch.x, training=False)
+            features = tf.stop_gradient(tf.cast(logits, self.label_generator.compute_dtype))
+        elif batch.features is None:
             features = self.feature_extractor(batch.x, training=False)
         else:
             features = tf.cast(batch.features, self.label_generator.compute_dtype)

@@ -103,6 +103,11 @@ class MetaLabelNetOptions:
         virtual_batch: `"global"` or `"replica"`, the batch of the virtual step under a
             `tf.distribute` strategy: the global batch's all-reduced gradient, or each
             replica's own shard (an approximation). Defaults to `"global"`.
+        generator_input: `"frozen_features"`, h(x) from the copy of the classifier frozen
+            after warm-up, or `"classifier_logits"`, the classifier's current logits f_θ(x)
+            in inference mode, as constants. With the logits, W starts as the identity and
+            b at 0 (unless `generator_init="random"`), so the generator starts from the
+            classifier's own prediction. Defaults to `"frozen_features"`.
         label_input: bool, whether the generator also reads the given label. Defaults to
             `False`.
         label_trust: float, κ, the given label's initial logit bonus, V = κ·I (with
@@ -144,6 +149,11 @@ class MetaLabelNetOptions:
     virtual_batch: str = _option(
         "global", "the virtual step's batch under a tf.distribute strategy", COMPILE,
         choices=("global", "replica"),
+    )  # fmt: skip
+    generator_input: str = _option(
+        "frozen_features", "what the generator reads: the frozen warm-up features or the "
+        "classifier's current logits", GENERATOR,
+        choices=("frozen_features", "classifier_logits"),
     )  # fmt: skip
     label_input: bool = _option(
         False, "the generator also reads the given label", GENERATOR, check=_boolean

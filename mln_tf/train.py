@@ -343,7 +343,7 @@ def _meta_label_net_stage(session, warm_up_dir, method="meta_label_net", options
         callbacks.insert(0, correction)
     # Without augmentation the frozen features are computed once, not at every step.
     train = session.train
-    if session.normalization is None:
+    if session.normalization is None and model.generator_input == "frozen_features":
         train = mln_data.cache_features(train, model.feature_extractor)
     stream = mln_data.with_meta(
         train, data.meta, config.batch_size, seed=config.seed + config.warmup_epochs

@@ -163,3 +163,116 @@ def test_the_train_job_fits_the_generator_on_the_meta_set(tmp_path):
     assert results["methods"]["meta_label_net"]["test_accuracy_final"] > 0.5
     model = keras.saving.load_model(tmp_path / "meta_label_net.keras")
     assert (model.generator_init, model.clean_weight) == ("clean_posterior", 1.0)
+
+
+# The generator on the classifier's current logits (`generator_input="classifier_logits"`)
+
+
+def logits_model(meta_data=None, **options):
+    options = dict(generator_input="classifier_logits", label_input=True,
+                   generator_init="clean_posterior", **options)  # fmt: skip
+    return mln_tf.MetaLabelNet(tanh_classifier(), meta_data=meta_data, **options)
+
+
+def test_on_the_logits_the_first_soft_labels_are_gold_loss_corrections_posterior():
+    images, labels = meta_set()
+    model = logits_model((images, labels))
+    kernel, bias = model.label_generator.get_weights()
+    np.testing.assert_array_equal(kernel[:NUM_CLASSES], np.eye(NUM_CLASSES))
+    np.testing.assert_array_equal(bias, 0.0)
+    # softmax(z + log T[:, ỹ]) ∝ p(y | x)·T[y, ỹ]: the soft labels whose cross-entropy has
+    # the gradient of the forward-corrected loss −log Σ_y p(y | x)·T[y, ỹ].
+    probabilities = softmax(model.classifier.predict(images, verbose=0).astype("float64"))
+    matrix = np.stack([probabilities[labels == c].mean(axis=0) for c in range(NUM_CLASSES)])
+    x, given = images[:6], np.array([0, 1, 2, 2, 1, 0])
+    p = softmax(model.classifier.predict(x, verbose=0).astype("float64"))
+    expected = p * matrix[:, given].T
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(model.predict_soft_labels(x, given), expected, rtol=1e-4,
+                               atol=1e-5)  # fmt: skip
+
+
+def test_on_the_logits_the_classifier_is_not_frozen_and_cached_features_are_refused():
+    images, labels = meta_set()
+    model = logits_model((images, labels))
+    assert model.feature_extractor is model.classifier and model.classifier.trainable
+    model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=False)
+    before = model.predict_soft_labels(images[:6], labels[:6])
+    model.train_on_batch(((images[:12], labels[:12]), (images[12:24], labels[12:24])))
+    # The soft labels follow the classifier as it trains.
+    assert np.abs(model.predict_soft_labels(images[:6], labels[:6]) - before).max() > 1e-4
+    features = np.zeros((12, NUM_CLASSES), "float32")
+    with pytest.raises(ValueError, match="cached frozen features"):
+        model.train_on_batch(((images[:12], labels[:12], features),
+                              (images[12:24], labels[12:24])))  # fmt: skip
+
+
+def test_on_the_logits_the_model_saves_and_reloads(tmp_path):
+    images, labels = meta_set()
+    model = logits_model((images, labels), clean_weight=0.5)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=False)
+    batch = ((images[:12], labels[:12]), (images[12:24], labels[12:24]))
+    model.train_on_batch(batch)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.feature_extractor is loaded.classifier
+    assert (loaded.generator_input, loaded.clean_weight) == ("classifier_logits", 0.5)
+    for a, b in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(loaded.predict_soft_labels(images[:6], labels[:6]),
+                               model.predict_soft_labels(images[:6], labels[:6]),
+                               rtol=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize("meta_gradient", ["forward_mode", "nested_tapes"])
+def test_on_the_logits_the_meta_gradient_matches_central_finite_differences(meta_gradient):
+    keras.config.set_floatx("float64")
+    try:
+        rng = np.random.default_rng(3)
+        x, x_meta = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+        y, y_meta = rng.integers(0, NUM_CLASSES, 6), rng.integers(0, NUM_CLASSES, 6)
+        classifier = tanh_classifier()
+        alpha = 0.7
+        model = mln_tf.MetaLabelNet(
+            classifier, generator_input="classifier_logits", label_input=True,
+            generator_init="random", label_trust=1.5, loss_scale="sum_over_classes",
+            label_loss="cross_entropy", meta_gradient=meta_gradient,
+        )  # fmt: skip
+        model.compile(optimizer=keras.optimizers.SGD(0.1),
+                      generator_optimizer=keras.optimizers.SGD(1.0), virtual_lr=alpha)  # fmt: skip
+        params = [tf.constant(w) for w in classifier.get_weights()]
+        w_gen, b_gen = [v.numpy() for v in model.label_generator.trainable_variables]
+        model.train_on_batch(((x, y), (x_meta, y_meta)))
+        after = [v.numpy() for v in model.label_generator.trainable_variables]
+        gradient = [w_gen - after[0], b_gen - after[1]]
+
+        def forward(params, inputs):
+            return tf.tanh(inputs @ params[0] + params[1]) @ params[2] + params[3]
+
+        # The generator reads the logits at θ, as constants, and the given label.
+        generator_input = np.concatenate([forward(params, x).numpy(), np.eye(NUM_CLASSES)[y]], 1)
+
+        def meta_loss(w, b):
+            soft = tf.nn.softmax(generator_input @ w + b)
+            with tf.GradientTape() as tape:
+                tape.watch(params)
+                log_p = tf.nn.log_softmax(forward(params, x))
+                loss = -tf.reduce_mean(tf.reduce_sum(soft * log_p, axis=1))
+            fast = [w - alpha * g for w, g in zip(params, tape.gradient(loss, params))]
+            log_p_meta = tf.nn.log_softmax(forward(fast, x_meta)).numpy()
+            return -np.mean(log_p_meta[np.arange(6), y_meta])
+
+        epsilon = 1e-6
+        for which, (param, analytic) in enumerate(zip((w_gen, b_gen), gradient)):
+            numeric = np.zeros_like(param)
+            for index in np.ndindex(param.shape):
+                plus, minus = param.copy(), param.copy()
+                plus[index] += epsilon
+                minus[index] -= epsilon
+                args = [(plus, b_gen), (minus, b_gen)] if which == 0 else [
+                    (w_gen, plus), (w_gen, minus)]  # fmt: skip
+                numeric[index] = (meta_loss(*args[0]) - meta_loss(*args[1])) / (2 * epsilon)
+            np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-10)
+        assert np.abs(gradient[0]).max() > 1e-4
+    finally:
+        keras.config.set_floatx("float32")
