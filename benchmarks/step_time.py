@@ -12,7 +12,8 @@ Variants (`VARIANTS`): `plain` is Keras' own `train_step` with sparse cross-entr
 `"forward_mode"`; `+cache` feeds cached frozen features with the batch
 (`mln_tf.data.cache_features`); `head` is `virtual_scope="head"` (nested tapes;
 `head_forward` with forward mode); `+clean` adds the meta batch's cross-entropy to the
-classifier's update (`clean_weight=1.0`); `bf16` builds the classifier
+classifier's update (`clean_weight=1.0`); `+logits` has the generator read the classifier's
+current logits (`generator_input="classifier_logits"`); `bf16` builds the classifier
 under the `mixed_bfloat16` policy; `*_fit` runs the step the way `fit` does, through
 `model.make_train_function()` on a dataset iterator. The others call a `tf.function` of
 `train_step` on one batch.
@@ -45,31 +46,37 @@ MODELS = {
     "cifar10_cnn": (mln_tf.classifiers.cifar10_cnn, (32, 32, 3)),
 }
 NUM_CLASSES = 10
-# name: (meta_gradient, cached features, virtual_scope, dtype policy, through fit's function,
-# clean_weight); meta_gradient None is the plain cross-entropy step.
+# name: (meta_gradient, cached features, virtual_scope, dtype policy, through fit's function);
+# meta_gradient None is the plain cross-entropy step.
 VARIANTS = {
-    "plain": (None, False, None, "float32", False, 0.0),
-    "nested": ("nested_tapes", False, "all", "float32", False, 0.0),
-    "nested+cache": ("nested_tapes", True, "all", "float32", False, 0.0),
-    "forward": ("forward_mode", False, "all", "float32", False, 0.0),
-    "forward+cache": ("forward_mode", True, "all", "float32", False, 0.0),
-    "head": ("nested_tapes", False, "head", "float32", False, 0.0),
-    "head+cache": ("nested_tapes", True, "head", "float32", False, 0.0),
-    "head_forward+cache": ("forward_mode", True, "head", "float32", False, 0.0),
-    "head+cache+clean": ("nested_tapes", True, "head", "float32", False, 1.0),
-    "plain_bf16": (None, False, None, "mixed_bfloat16", False, 0.0),
-    "nested+cache_bf16": ("nested_tapes", True, "all", "mixed_bfloat16", False, 0.0),
-    "head+cache_bf16": ("nested_tapes", True, "head", "mixed_bfloat16", False, 0.0),
-    "plain_fit": (None, False, None, "float32", True, 0.0),
-    "nested+cache_fit": ("nested_tapes", True, "all", "float32", True, 0.0),
-    "head+cache_fit": ("nested_tapes", True, "head", "float32", True, 0.0),
+    "plain": (None, False, None, "float32", False),
+    "nested": ("nested_tapes", False, "all", "float32", False),
+    "nested+cache": ("nested_tapes", True, "all", "float32", False),
+    "forward": ("forward_mode", False, "all", "float32", False),
+    "forward+cache": ("forward_mode", True, "all", "float32", False),
+    "head": ("nested_tapes", False, "head", "float32", False),
+    "head+cache": ("nested_tapes", True, "head", "float32", False),
+    "head_forward+cache": ("forward_mode", True, "head", "float32", False),
+    "head+cache+clean": ("nested_tapes", True, "head", "float32", False),
+    "head+logits+clean": ("nested_tapes", False, "head", "float32", False),
+    "plain_bf16": (None, False, None, "mixed_bfloat16", False),
+    "nested+cache_bf16": ("nested_tapes", True, "all", "mixed_bfloat16", False),
+    "head+cache_bf16": ("nested_tapes", True, "head", "mixed_bfloat16", False),
+    "plain_fit": (None, False, None, "float32", True),
+    "nested+cache_fit": ("nested_tapes", True, "all", "float32", True),
+    "head+cache_fit": ("nested_tapes", True, "head", "float32", True),
+}
+# The further MetaLabelNet options of a variant.
+VARIANT_OPTIONS = {
+    "head+cache+clean": {"clean_weight": 1.0},
+    "head+logits+clean": {"generator_input": "classifier_logits", "clean_weight": 1.0},
 }
 DEFAULT_VARIANTS = tuple(VARIANTS)
 
 
 def is_legal(variant, jit_compile):
     """XLA cannot compile max-pooling's second derivative outside float32."""
-    meta_gradient, _, scope, policy, _, _ = VARIANTS[variant]
+    meta_gradient, _, scope, policy, _ = VARIANTS[variant]
     return not (jit_compile and meta_gradient and scope == "all" and policy != "float32")
 
 
@@ -79,7 +86,7 @@ def baseline_of(variant):
 
 def make_step(model_name, variant, jit_compile, batch_size, seed=0):
     """A compiled training step, as a function of no arguments that returns the loss."""
-    meta_gradient, cached, scope, policy, through_fit, clean_weight = VARIANTS[variant]
+    meta_gradient, cached, scope, policy, through_fit = VARIANTS[variant]
     keras.utils.set_random_seed(seed)
     builder, input_shape = MODELS[model_name]
     rng = np.random.default_rng(seed)
@@ -103,7 +110,7 @@ def make_step(model_name, variant, jit_compile, batch_size, seed=0):
             feature_layer=mln_tf.classifiers.FEATURE_LAYER,
             meta_gradient=meta_gradient,
             virtual_scope=scope,
-            clean_weight=clean_weight,
+            **VARIANT_OPTIONS.get(variant, {}),
         )
         model.compile(jit_compile=jit_compile)
         noisy = (x, y, model.feature_extractor(x, training=False)) if cached else (x, y)
