@@ -94,39 +94,50 @@ class EvaluateEachEpoch(keras.callbacks.Callback):
 
 
 class LabelCorrection(keras.callbacks.Callback):
-    """Logs how many wrongly labelled examples the label generator gets right.
+    """Logs what the label generator does to the given labels: the wrong ones it fixes and
+    the right ones it breaks.
 
-    `label_correction` is the fraction of the given examples, all with a wrong noisy label,
-    whose generated soft label has its maximum at the true class. `initial` holds the value
-    before the first epoch.
+    `label_correction` is the fraction of the wrongly labelled examples whose generated soft
+    label has its maximum at the true class; `labels_broken` the fraction of the correctly
+    labelled ones whose soft label has its maximum elsewhere. `initial` holds both before
+    the first epoch.
 
     Args:
-        images: array of the mislabelled training images.
+        images: array of training images, wrongly and correctly labelled.
         true_labels: array of their true classes.
-        given_labels: array of their (wrong) noisy labels, for a generator that takes
-            them (`label_input=True`). Defaults to `None`.
+        given_labels: array of their given (noisy) labels.
         batch_size: int, the prediction batch size. Defaults to 512.
     """
 
-    def __init__(self, images, true_labels, given_labels=None, batch_size=512):
+    def __init__(self, images, true_labels, given_labels, batch_size=512):
         super().__init__()
         self.images = images
         self.true_labels = np.asarray(true_labels)
-        self.given_labels = None if given_labels is None else np.asarray(given_labels)
+        self.given_labels = np.asarray(given_labels)
+        self.wrong = self.given_labels != self.true_labels
         self.batch_size = batch_size
         self.initial = None
 
-    def fraction_corrected(self):
+    def measure(self):
+        """`{"label_correction": ..., "labels_broken": ...}`, each `None` without examples."""
         soft_labels = self.model.predict_soft_labels(
             self.images, self.given_labels, batch_size=self.batch_size
         )
-        return float(np.mean(np.argmax(soft_labels, axis=1) == self.true_labels))
+        right_class = np.argmax(soft_labels, axis=1) == self.true_labels
+        return {
+            "label_correction": _mean_or_none(right_class[self.wrong]),
+            "labels_broken": _mean_or_none(~right_class[~self.wrong]),
+        }
 
     def on_train_begin(self, logs=None):
-        self.initial = self.fraction_corrected()
+        self.initial = self.measure()
 
     def on_epoch_end(self, epoch, logs=None):
-        logs["label_correction"] = self.fraction_corrected()
+        logs.update(self.measure())
+
+
+def _mean_or_none(values):
+    return float(np.mean(values)) if len(values) else None
 
 
 class EpochCheckpoint(keras.callbacks.BackupAndRestore):

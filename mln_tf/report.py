@@ -103,10 +103,17 @@ def format_report(config, results):
     correction = results.get("label_correction")
     if correction:
         before, after = correction["fraction"][0], correction["fraction"][-1]
-        lines.append(
+        text = (
             f"Of the wrongly labelled training images, the label generator gives the true "
-            f"class to {100 * after:.1f} % after the meta stage ({100 * before:.1f} % before)."
+            f"class to {100 * after:.1f} % after the meta stage ({100 * before:.1f} % before)"
         )
+        broken = correction.get("broken")
+        if broken and broken[-1] is not None:
+            text += (
+                f"; of the correctly labelled ones, it moves {100 * broken[-1]:.1f} % away "
+                f"from their label ({100 * broken[0]:.1f} % before)"
+            )
+        lines.append(text + ".")
     run = results.get("run")
     if run:
         versions = run["versions"]
@@ -175,13 +182,19 @@ def plot_confusion_matrices(path, matrices, class_names):
 
 
 def plot_label_correction(path, correction):
-    """The fraction of wrongly labelled images whose generated label is the true class."""
+    """The wrong labels the generator fixes and the right labels it breaks, per epoch."""
     figure, axes = plt.subplots(figsize=(6, 4))
-    axes.plot(correction["epochs"], 100 * np.asarray(correction["fraction"]), marker="o")
+    axes.plot(correction["epochs"], 100 * np.asarray(correction["fraction"]), marker="o",
+              label="wrong labels fixed (true class on top)")  # fmt: skip
+    broken = correction.get("broken")
+    if broken and broken[-1] is not None:
+        axes.plot(correction["epochs"], 100 * np.asarray(broken, dtype=float), marker="s",
+                  label="right labels broken (another class on top)")  # fmt: skip
+    axes.legend()
     axes.set_xlabel("epoch (the first point: before the meta stage)")
     axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    axes.set_ylabel("corrected (%)")
-    axes.set_title("Wrong labels whose generated soft label has the true class on top")
+    axes.set_ylabel("% of the training images")
+    axes.set_title("What the generated soft labels do to the given labels")
     axes.set_ylim(0, 100)
     axes.grid(alpha=0.3)
     _save(figure, path)

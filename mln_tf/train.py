@@ -330,15 +330,14 @@ def _meta_label_net_stage(session, warm_up_dir, method="meta_label_net", options
     data = session.data
     has_true_labels = data.source is not None and data.train_clean_labels is not None
     if method == "meta_label_net" and has_true_labels:
-        wrong = ~data.train_label_is_correct
-        if config.max_train_examples:
-            wrong[config.max_train_examples :] = False
-        images = data.train_images[wrong]
+        # Every wrongly labelled image, and as many correctly labelled ones at most
+        measured = _label_correction_sample(data, config)
+        images = data.train_images[measured]
         if session.normalization is not None:
             mean, std = session.normalization
             images = mln_data.normalize(images, mean=mean, std=std).numpy()
         correction = LabelCorrection(
-            images, data.train_clean_labels[wrong], data.train_noisy_labels[wrong]
+            images, data.train_clean_labels[measured], data.train_noisy_labels[measured]
         )
         callbacks.insert(0, correction)
     # Without augmentation the frozen features are computed once, not at every step.
@@ -361,6 +360,19 @@ def _meta_label_net_stage(session, warm_up_dir, method="meta_label_net", options
         with open(state_path) as f:
             initial = json.load(f)["label_correction"]
     return history, initial
+
+
+def _label_correction_sample(data, config):
+    """Indices of the training images whose soft labels are followed: all the wrongly
+    labelled ones, and a seeded sample of as many correctly labelled ones (or all)."""
+    count = len(data.train_clean_labels)
+    if config.max_train_examples:
+        count = min(count, config.max_train_examples)
+    wrong = np.flatnonzero(~data.train_label_is_correct[:count])
+    right = np.flatnonzero(data.train_label_is_correct[:count])
+    rng = np.random.default_rng(config.seed)
+    right = rng.choice(right, size=min(len(right), max(len(wrong), 1)), replace=False)
+    return np.sort(np.concatenate([wrong, right]))
 
 
 def _noisy_plus_clean_stage(session, method, warm_up_dir):
@@ -531,7 +543,8 @@ def _results(session, warm_up_history, warm_up_cached, histories, label_correcti
         logs = histories["meta_label_net"]
         results["label_correction"] = {
             "epochs": [config.warmup_epochs, *logs["epoch"]],
-            "fraction": [label_correction, *logs["label_correction"]],
+            "fraction": [label_correction["label_correction"], *logs["label_correction"]],
+            "broken": [label_correction["labels_broken"], *logs["labels_broken"]],
         }
     return results
 

@@ -173,10 +173,10 @@ def test_fine_tuning_keeps_the_setting_that_is_best_on_validation(finished_run):
     assert float(fine_tuned[0]["validation_accuracy"]) == pytest.approx(max(scores), abs=1e-6)
 
 
-def test_label_correction_is_measured_on_the_wrong_labels(finished_run):
+def test_label_correction_is_measured_both_ways(finished_run):
     correction = _results(finished_run)["label_correction"]
     assert correction["epochs"] == [1, 2, 3, 4]
-    # Recompute the last value from the saved generator and extractor.
+    # Recompute the last values from the saved generator and extractor.
     data = mln_tf.data.load_noisy("digits", noise="pair", rate=0.45, meta_size=100,
                                   validation_size=100, seed=0)
     model = keras.models.load_model(finished_run / "meta_label_net.keras")
@@ -186,6 +186,17 @@ def test_label_correction_is_measured_on_the_wrong_labels(finished_run):
     )
     expected = np.mean(np.argmax(soft_labels, axis=1) == data.train_clean_labels[wrong])
     assert correction["fraction"][-1] == pytest.approx(expected, abs=1e-6)
+    # Right labels broken: measured on a sample of as many right labels as wrong ones.
+    right = np.flatnonzero(data.train_label_is_correct)
+    sample = np.random.default_rng(0).choice(right, size=min(len(right), wrong.sum()),
+                                             replace=False)  # fmt: skip
+    soft_labels = model.predict_soft_labels(
+        data.train_images[sample], data.train_noisy_labels[sample]
+    )
+    expected = np.mean(np.argmax(soft_labels, axis=1) != data.train_clean_labels[sample])
+    assert correction["broken"][-1] == pytest.approx(expected, abs=1e-6)
+    report = (finished_run / "report.md").read_text()
+    assert f"it moves {100 * expected:.1f} % away from their label" in report
 
 
 def test_plots_are_written(finished_run):
