@@ -6,6 +6,7 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from mln_tf.random_state import load_random_states, save_random_states
 
@@ -107,33 +108,56 @@ class LabelCorrection(keras.callbacks.Callback):
         true_labels: array of their true classes.
         given_labels: array of their given (noisy) labels.
         batch_size: int, the prediction batch size. Defaults to 512.
+        log_dir: optional folder for TensorBoard histograms of the soft labels, per epoch:
+            the probability of their top class and of the given label, for the wrongly
+            and the correctly labelled examples. Defaults to `None`.
+        initial_step: int, the step of the histograms before training: the epochs done
+            before this `fit` (the warm-up's). Defaults to 0.
     """
 
-    def __init__(self, images, true_labels, given_labels, batch_size=512):
+    def __init__(self, images, true_labels, given_labels, batch_size=512, log_dir=None,
+                 initial_step=0):  # fmt: skip
         super().__init__()
         self.images = images
         self.true_labels = np.asarray(true_labels)
         self.given_labels = np.asarray(given_labels)
         self.wrong = self.given_labels != self.true_labels
         self.batch_size = batch_size
+        self.log_dir = log_dir
+        self.initial_step = initial_step
         self.initial = None
+        self._writer = None
 
-    def measure(self):
-        """`{"label_correction": ..., "labels_broken": ...}`, each `None` without examples."""
+    def measure(self, step=None):
+        """`{"label_correction": ..., "labels_broken": ...}`, each `None` without examples;
+        with `log_dir`, also writes the histograms at `step`."""
         soft_labels = self.model.predict_soft_labels(
             self.images, self.given_labels, batch_size=self.batch_size
         )
         right_class = np.argmax(soft_labels, axis=1) == self.true_labels
+        if self.log_dir is not None and step is not None:
+            self._write_histograms(soft_labels, step)
         return {
             "label_correction": _mean_or_none(right_class[self.wrong]),
             "labels_broken": _mean_or_none(~right_class[~self.wrong]),
         }
 
+    def _write_histograms(self, soft_labels, step):
+        given = soft_labels[np.arange(len(soft_labels)), self.given_labels]
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        with self._writer.as_default(step=step):
+            for name, rows in (("wrong_labels", self.wrong), ("right_labels", ~self.wrong)):
+                tf.summary.histogram(f"soft_labels/{name}/top_class_probability",
+                                     soft_labels[rows].max(axis=1))  # fmt: skip
+                tf.summary.histogram(f"soft_labels/{name}/given_label_probability", given[rows])
+        self._writer.flush()
+
     def on_train_begin(self, logs=None):
-        self.initial = self.measure()
+        self.initial = self.measure(step=self.initial_step)
 
     def on_epoch_end(self, epoch, logs=None):
-        logs.update(self.measure())
+        logs.update(self.measure(step=epoch + 1))
 
 
 def _mean_or_none(values):

@@ -337,8 +337,10 @@ def _meta_label_net_stage(session, warm_up_dir, method="meta_label_net", options
             mean, std = session.normalization
             images = mln_data.normalize(images, mean=mean, std=std).numpy()
         correction = LabelCorrection(
-            images, data.train_clean_labels[measured], data.train_noisy_labels[measured]
-        )
+            images, data.train_clean_labels[measured], data.train_noisy_labels[measured],
+            log_dir=os.path.join(session.out_dir, "tensorboard", method),
+            initial_step=config.warmup_epochs,
+        )  # fmt: skip
         callbacks.insert(0, correction)
     # Without augmentation the frozen features are computed once, not at every step.
     train = session.train

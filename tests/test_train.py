@@ -544,6 +544,26 @@ def test_tensorboard_gets_each_methods_epoch_scalars(finished_run):
         assert {"epoch_loss", "epoch_validation_accuracy", "epoch_test_accuracy"} <= tags, method
 
 
+def test_tensorboard_gets_histograms_of_the_soft_labels(finished_run):
+    import tensorflow as tf
+
+    files = list((finished_run / "tensorboard" / "meta_label_net").glob("events.out.tfevents.*"))
+    histograms = {}
+    for path in files:
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag.startswith("soft_labels/"):
+                    histograms.setdefault(value.tag, []).append(event.step)
+    wrong = int((~mln_tf.data.load_noisy(
+        "digits", noise="pair", rate=0.45, meta_size=100, validation_size=100, seed=0
+    ).train_label_is_correct).sum())  # fmt: skip
+    assert wrong > 0
+    for rows in ("wrong_labels", "right_labels"):
+        for quantity in ("top_class_probability", "given_label_probability"):
+            # Before the meta stage (after the 1 warm-up epoch), then after each of its 3
+            assert sorted(histograms[f"soft_labels/{rows}/{quantity}"]) == [1, 2, 3, 4]
+
+
 def test_augment_normalises_every_split_by_the_meta_set_and_augments_training(tmp_path):
     assert TrainConfig.from_preset("cifar10").augment and not TrainConfig().augment
     config = TrainConfig(dataset="digits", noise="symmetric", rate=0.2, augment=True, seed=0)
