@@ -343,6 +343,11 @@ class MetaLabelNet(MetaTrainer):
         )
         self._awaits_meta_data = False
 
+    def load_weights(self, *args, **kwargs):
+        super().load_weights(*args, **kwargs)
+        # Loaded weights set the generator, as a Keras Tuner trial that resumes loads them.
+        self._awaits_meta_data = False
+
     def fit(self, *args, **kwargs):
         self._check_generator_initialized()
         return super().fit(*args, **kwargs)

@@ -9,7 +9,7 @@ warm_up(classifier, noisy_batches, epochs=3)
 model = mln_tf.MetaLabelNet(classifier, feature_layer="features",
                             options=mln_tf.options.RECOMMENDED)
 model.compile(optimizer=mln_tf.optimizers.paper_classifier_optimizer(1e-2))
-start_meta_stage(model, classifier)
+start_meta_stage(model, classifier, meta_data=meta)  # the generator starts from the meta set
 meta_stage(model, mln_tf.data.with_meta(noisy, meta, 64), first_epoch=3, last_epoch=6)
 ```
 

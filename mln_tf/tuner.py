@@ -166,6 +166,15 @@ class MetaLabelNetHyperModel(kt.HyperModel):
         self.warmup_epochs = _check_range("warmup_epochs", warmup_epochs, minimum=1, integer=True)
         self.entropy_weight = dimension("entropy_weight", entropy_weight, minimum=0.0)
         self.label_trust = dimension("label_trust", label_trust, minimum=0.0)
+        if isinstance(self.label_trust, tuple) and not _uses_label_trust(options):
+            raise ValueError(
+                f"Invalid value for argument `label_trust`. Received: label_trust="
+                f"{self.label_trust!r}, but with label_input={options.label_input} and "
+                f"generator_init={options.generator_init!r} the generator does not start "
+                "from κ·I (the clean posterior starts V at the log of the noise matrix). "
+                "Search κ with options.replace(label_input=True, "
+                "generator_init='classifier_head'), or leave label_trust unset."
+            )
         self.jit_compile = jit_compile
         self.seed = seed
 
@@ -404,3 +413,8 @@ META_SAMPLE_BATCHES = 20
 
 def _meta_sample(x):
     return x.map(lambda noisy, meta: meta).take(META_SAMPLE_BATCHES)
+
+
+def _uses_label_trust(options):
+    """Whether κ sets V: with the given label as input, unless the posterior sets it."""
+    return options.label_input and options.generator_init != "clean_posterior"

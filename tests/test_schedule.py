@@ -32,7 +32,8 @@ def test_the_meta_stage_continues_the_warm_up_weights_momentum_and_step_count():
     warm = schedule.compile_for_warm_up(classifier(), learning_rate=0.05)
     schedule.warm_up(warm, noisy.batch(16), epochs=2, verbose=0)
     model = mln_tf.MetaLabelNet(keras.models.clone_model(warm), feature_layer="features",
-                                options=mln_tf.options.RECOMMENDED)  # fmt: skip
+                                options=mln_tf.options.RECOMMENDED.replace(
+                                    generator_init="classifier_head"))  # fmt: skip
     model.compile(optimizer=mln_tf.optimizers.paper_classifier_optimizer(0.05))
     schedule.start_meta_stage(model, warm)
 

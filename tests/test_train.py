@@ -136,8 +136,8 @@ def test_main_job_writes_its_files_and_reports_real_accuracies(finished_run):
     assert "100 clean meta images, 100 clean validation images" in report
     assert (
         "MetaLabelNet: the authors' algorithm, except entropy_weight=0.0, virtual_scope='head', "
-        "label_input=True, label_trust=5.0, generator_init='classifier_head', "
-        "loss_scale='sum_over_classes', label_loss='cross_entropy'." in report
+        "label_input=True, label_trust=5.0, generator_init='clean_posterior', "
+        "loss_scale='sum_over_classes', label_loss='cross_entropy', clean_weight=1.0." in report
     )
 
 

@@ -150,7 +150,10 @@ def test_fixed_values_are_not_searched():
 
 
 def test_a_label_trust_range_is_searched_and_reaches_the_generator():
-    builder = hypermodel(_FakeData(), label_trust=(1.0, 20.0))
+    with pytest.raises(ValueError, match="the generator does not start from κ·I"):
+        hypermodel(_FakeData(), label_trust=(1.0, 20.0))  # the defaults start at the posterior
+    head_start = mln_tf.options.RECOMMENDED.replace(generator_init="classifier_head")
+    builder = hypermodel(_FakeData(), label_trust=(1.0, 20.0), options=head_start)
     hp = kt.HyperParameters()
     assert builder.declare_hyperparameters(hp)["label_trust"] == 5.0  # the project's κ
     space = {p.name: p for p in hp.space}["label_trust"]
@@ -216,7 +219,9 @@ def test_invalid_search_space_is_rejected(argument, value, message):
 
 def test_warm_up_starts_the_generator_from_the_warmed_up_head(digits):
     data, train, _ = digits
-    model_builder = hypermodel(data, warmup_epochs=1)
+    head_start = mln_tf.options.RECOMMENDED.replace(generator_init="classifier_head",
+                                                    clean_weight=0.0)
+    model_builder = hypermodel(data, warmup_epochs=1, options=head_start)
     model = model_builder.build(kt.HyperParameters())
     assert (model.label_input, model.generator_init, model.label_trust) == (
         True, "classifier_head", 5.0)  # fmt: skip
@@ -278,7 +283,9 @@ def test_a_head_the_generator_cannot_start_from_is_a_fatal_error():
         x = layers.Dense(16, activation="relu", name="features")(layers.Flatten()(inputs))
         return keras.Model(inputs, layers.Dense(num_classes, use_bias=False)(x))
 
-    builder = MetaLabelNetHyperModel(10, (8, 8, 1), classifier_builder=biasless_classifier)
+    head_start = mln_tf.options.RECOMMENDED.replace(generator_init="classifier_head")
+    builder = MetaLabelNetHyperModel(10, (8, 8, 1), classifier_builder=biasless_classifier,
+                                     options=head_start)  # fmt: skip
     with pytest.raises(kt.errors.FatalValueError, match="Use generator_init='random'"):
         builder.build(kt.HyperParameters())
     options = mln_tf.options.RECOMMENDED.replace(generator_init="random")
