@@ -120,7 +120,7 @@ MIN_TRANSITION = 1e-4
 
 
 def clean_posterior_weights(features, labels, num_classes, transition_matrix=None,
-                            regularization=1.0):  # fmt: skip
+                            regularization=1.0, noisy=None):  # fmt: skip
     """`(W, b)` and V that make the generator's first soft labels the clean posterior.
 
     W and b are a multinomial logistic regression of the clean labels on the features
@@ -135,6 +135,9 @@ def clean_posterior_weights(features, labels, num_classes, transition_matrix=Non
         transition_matrix: optional `(C, C)` array, T[i, j] = P(ỹ = j | y = i), for V.
         regularization: float, the inverse L2 strength of the fit (scikit-learn's `C`).
             Defaults to 1.0.
+        noisy: optional `(features, given_labels)` of the noisy training set: without
+            `transition_matrix`, T is estimated from them (`noisy_label_transition_matrix`
+            under the fitted read-out's posterior).
 
     Returns:
         `((W, b), V)`, with V `None` without `transition_matrix`.
@@ -157,9 +160,33 @@ def clean_posterior_weights(features, labels, num_classes, transition_matrix=Non
     kernel[:, fit.classes_] = (coef / scale).T
     bias[fit.classes_] = fitted_bias
     label_weights = None
+    if transition_matrix is None and noisy is not None:
+        noisy_features, noisy_labels = noisy
+        posterior = _softmax(np.asarray(noisy_features, "float64") @ kernel + bias)
+        transition_matrix = noisy_label_transition_matrix(posterior, noisy_labels, num_classes)
     if transition_matrix is not None:
         label_weights = np.log(np.maximum(np.asarray(transition_matrix), MIN_TRANSITION)).T
     return (kernel, bias), label_weights
+
+
+def noisy_label_transition_matrix(posterior, given_labels, num_classes):
+    """T[i, j] = Σ_n q_n(i)·[ỹ_n = j] / Σ_n q_n(i): how the given labels fall, counted
+    under a clean posterior q_n(i) ≈ p(y = i | x_n) of each noisy example.
+
+    A class that no example is likely to be gets the identity row.
+    """
+    given_labels = np.asarray(given_labels)
+    labeled = given_labels >= 0
+    posterior = np.asarray(posterior, "float64")[labeled]
+    counts = posterior.T @ np.eye(num_classes)[given_labels[labeled]]
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.where(totals > 0, counts / np.maximum(totals, 1e-12), np.eye(num_classes))
+
+
+def _softmax(logits):
+    logits = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def generator_inputs(features, labels, num_classes, label_input):

@@ -286,7 +286,7 @@ class MetaLabelNet(MetaTrainer):
             return  # the generator reads the classifier itself
         generator_lib.refresh_feature_extractor(self.feature_extractor, self.classifier)
 
-    def initialize_label_generator(self, meta_data=None):
+    def initialize_label_generator(self, meta_data=None, noisy_data=None):
         """Sets the generator's weights as `generator_init` and `label_trust` say, now.
 
         With `generator_init="classifier_head"`, W and b are copied from the classifier's
@@ -301,6 +301,9 @@ class MetaLabelNet(MetaTrainer):
             meta_data: the clean meta set, needed with `"clean_posterior"`: `(images,
                 labels)` arrays or a `tf.data.Dataset` of `(image, label)` pairs, batched
                 or not. Defaults to `None`.
+            noisy_data: the noisy training set (or a sample of it), in the same forms,
+                with -1 for an unlabeled image; needed with
+                `transition_estimate="noisy_labels"`. Defaults to `None`.
 
         Raises:
             ValueError: with `"classifier_head"`, if the classifier's last layer is not a
@@ -328,11 +331,28 @@ class MetaLabelNet(MetaTrainer):
                 meta_data, self.classifier.input_shape, self.num_classes, "meta_data"
             )
             features = self.feature_extractor.predict(images, batch_size=512, verbose=0)
-            matrix = clean_baselines.gold_transition_matrix(
-                self.classifier, images, labels, self.num_classes
-            )
+            matrix = noisy = None
+            if self.transition_estimate == "meta_softmax":
+                matrix = clean_baselines.gold_transition_matrix(
+                    self.classifier, images, labels, self.num_classes
+                )
+            elif noisy_data is None:
+                raise ValueError(
+                    "transition_estimate='noisy_labels' counts the given labels of the noisy "
+                    "training set: pass `noisy_data=(images, labels)` (or a dataset of "
+                    "pairs) to `initialize_label_generator` or `start_meta_stage`."
+                )
+            else:
+                noisy_images, noisy_labels = training_batch.labelled_arrays(
+                    noisy_data, self.classifier.input_shape, self.num_classes, "noisy_data",
+                    allow_unlabeled=True,
+                )  # fmt: skip
+                noisy_features = self.feature_extractor.predict(
+                    noisy_images, batch_size=512, verbose=0
+                )
+                noisy = (noisy_features, noisy_labels)
             fitted, posterior_label_weights = generator_lib.clean_posterior_weights(
-                features, labels, self.num_classes, matrix
+                features, labels, self.num_classes, matrix, noisy=noisy
             )
             if not reads_logits:
                 weights = fitted

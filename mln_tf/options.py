@@ -118,6 +118,11 @@ class MetaLabelNetOptions:
             set's labels on its frozen features and, with `label_input`, V the log of the
             noise matrix estimated on the meta set, so that the first soft labels are the
             posterior p(y | x, ỹ)). Defaults to `"random"`.
+        transition_estimate: how `generator_init="clean_posterior"` estimates the noise
+            matrix T: `"meta_softmax"`, the warmed-up classifier's mean softmax over the
+            meta images of each class (Gold Loss Correction's), or `"noisy_labels"`, the
+            given labels of the noisy training set counted under the clean read-out's
+            posterior, which needs the noisy data. Defaults to `"meta_softmax"`.
         loss_scale: `"mean"` (L_c and L_e averaged over B×C) or `"sum_over_classes"`
             (summed over classes, averaged over the batch). Defaults to `"mean"`.
         label_loss: `"reverse_kl"`, KL(p‖ŷ), or `"cross_entropy"`, −Σ ŷ log p. Defaults to
@@ -167,6 +172,10 @@ class MetaLabelNetOptions:
     generator_init: str = _option(
         "random", "the generator's first weights", GENERATOR,
         choices=("random", "classifier_head", "clean_posterior"),
+    )  # fmt: skip
+    transition_estimate: str = _option(
+        "meta_softmax", "how clean_posterior estimates the noise matrix T", GENERATOR,
+        choices=("meta_softmax", "noisy_labels"),
     )  # fmt: skip
     loss_scale: str = _option(
         "mean", "the reduction of the soft-label and entropy losses", COMPILE,

@@ -89,7 +89,7 @@ def warm_up(classifier, noisy_batches, epochs, learning_rate=None, callbacks=(),
                       **fit_kwargs)  # fmt: skip
 
 
-def start_meta_stage(model, warmed_classifier, meta_data=None):
+def start_meta_stage(model, warmed_classifier, meta_data=None, noisy_data=None):
     """Starts the meta stage from a warmed-up classifier.
 
     Copies the warmed-up weights into `model.classifier` (unless it is that classifier),
@@ -102,6 +102,8 @@ def start_meta_stage(model, warmed_classifier, meta_data=None):
         warmed_classifier: the classifier after `warm_up`, with its optimizer.
         meta_data: the clean meta set, which `generator_init="clean_posterior"` fits the
             generator on (`MetaLabelNet.initialize_label_generator`). Defaults to `None`.
+        noisy_data: the noisy training set, for `transition_estimate="noisy_labels"`.
+            Defaults to `None`.
 
     Raises:
         ValueError: if the two optimizers' states do not match (another optimizer class,
@@ -112,7 +114,7 @@ def start_meta_stage(model, warmed_classifier, meta_data=None):
     # MetaLabelNet's frozen copy and generator; a meta-learned baseline may have neither.
     if hasattr(model, "refresh_feature_extractor"):
         model.refresh_feature_extractor()
-        model.initialize_label_generator(meta_data)
+        model.initialize_label_generator(meta_data, noisy_data)
     continue_optimizer(warmed_classifier.optimizer, model.optimizer)
 
 

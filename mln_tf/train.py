@@ -324,7 +324,8 @@ def _meta_label_net_stage(session, warm_up_dir, method="meta_label_net", options
             # Under a strategy Keras runs without XLA; MetaLabelNet warns if it was asked.
             jit_compile=config.jit_compile,
         )
-    schedule.start_meta_stage(model, classifier, meta_data=session.data.meta)
+    schedule.start_meta_stage(model, classifier, meta_data=session.data.meta,
+                              noisy_data=session.train)  # fmt: skip
     callbacks = [_evaluate(session, model.classifier, method)]
     correction = None
     data = session.data

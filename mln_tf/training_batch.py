@@ -153,7 +153,7 @@ def _structure(data):
     return tf.nest.map_structure(lambda t: getattr(t, "shape", type(t).__name__), data)
 
 
-def labelled_arrays(data, input_shape, num_classes, name):
+def labelled_arrays(data, input_shape, num_classes, name, allow_unlabeled=False):
     """`(images, labels)` as NumPy arrays from arrays or a `tf.data.Dataset` of pairs.
 
     Args:
@@ -162,6 +162,8 @@ def labelled_arrays(data, input_shape, num_classes, name):
         input_shape: the classifier's input shape, batch dimension included.
         num_classes: int, C.
         name: str, the argument's name for the error messages.
+        allow_unlabeled: bool, whether -1 (an unlabeled image) is a valid label. Defaults
+            to `False`.
 
     Raises:
         ValueError: for another structure, images of another shape, labels that are not
@@ -198,9 +200,10 @@ def labelled_arrays(data, input_shape, num_classes, name):
             f"Invalid value for argument `{name}`: {len(images)} images and {len(labels)} "
             "labels. Expected one label per image, and at least one image."
         )
-    if labels.min() < 0 or labels.max() >= num_classes:
+    lowest = -1 if allow_unlabeled else 0
+    if labels.min() < lowest or labels.max() >= num_classes:
         raise ValueError(
             f"The labels of `{name}` range from {labels.min()} to {labels.max()}. Expected "
-            f"class indices in [0, {num_classes})."
+            f"class indices in [{lowest}, {num_classes})."
         )
     return images, labels

@@ -271,7 +271,8 @@ class MetaLabelNetHyperModel(kt.HyperModel):
         warm.set_weights(model.classifier.get_weights())
         schedule.compile_for_warm_up(warm, self.learning_rate, jit_compile=self.jit_compile)
         history = schedule.warm_up(warm, _warmup_batches(x), epochs, verbose=verbose)
-        schedule.start_meta_stage(model, warm, meta_data=_meta_sample(x))
+        schedule.start_meta_stage(model, warm, meta_data=_meta_sample(x),
+                                  noisy_data=_noisy_sample(x))  # fmt: skip
         return history
 
     def _check_training_data(self, x):
@@ -406,13 +407,17 @@ def _declare(hp, name, space, default):
     return hp.Float(name, low, high, sampling="log" if log else "linear", default=default)
 
 
-# Meta batches that `generator_init="clean_posterior"` fits the generator on: a sample of
-# the meta set, whose batches the training stream repeats.
+# Batches that `generator_init="clean_posterior"` fits the generator on: a sample of the
+# meta set, whose batches the training stream repeats, and of the noisy set.
 META_SAMPLE_BATCHES = 20
 
 
 def _meta_sample(x):
     return x.map(lambda noisy, meta: meta).take(META_SAMPLE_BATCHES)
+
+
+def _noisy_sample(x):
+    return x.map(lambda noisy, meta: (noisy[0], noisy[1])).take(META_SAMPLE_BATCHES)
 
 
 def _uses_label_trust(options):

@@ -276,3 +276,38 @@ def test_on_the_logits_the_meta_gradient_matches_central_finite_differences(meta
         assert np.abs(gradient[0]).max() > 1e-4
     finally:
         keras.config.set_floatx("float32")
+
+
+# The noise matrix counted on the noisy set (`transition_estimate="noisy_labels"`)
+
+
+def test_the_noisy_label_estimate_is_the_empirical_matrix_under_a_certain_posterior():
+    rng = np.random.default_rng(4)
+    true = rng.integers(0, NUM_CLASSES, 300)
+    given = np.where(rng.random(300) < 0.3, rng.integers(0, NUM_CLASSES, 300), true)
+    given[:5] = -1  # unlabeled images do not count
+    matrix = label_generator.noisy_label_transition_matrix(
+        np.eye(NUM_CLASSES)[true], given, NUM_CLASSES
+    )
+    expected = np.zeros((NUM_CLASSES, NUM_CLASSES))
+    for t, g in zip(true[5:], given[5:]):
+        expected[t, g] += 1
+    np.testing.assert_allclose(matrix, expected / expected.sum(axis=1, keepdims=True))
+
+
+def test_noisy_labels_estimate_sets_v_from_the_read_outs_posterior_on_the_noisy_set():
+    images, labels = meta_set()
+    noisy_images, true = meta_set(size=90, seed=1)
+    given = (true + (np.arange(90) % 3 == 0)) % NUM_CLASSES  # a third moved to the next class
+    with pytest.raises(ValueError, match="pass `noisy_data=\\(images, labels\\)`"):
+        posterior_model((images, labels), transition_estimate="noisy_labels")
+    model = mln_tf.MetaLabelNet(tanh_classifier(), feature_layer="features", label_input=True,
+                                generator_init="clean_posterior",
+                                transition_estimate="noisy_labels")  # fmt: skip
+    model.initialize_label_generator((images, labels), (noisy_images, given))
+    kernel, bias = model.label_generator.get_weights()
+    features = model.feature_extractor.predict(noisy_images, verbose=0).astype("float64")
+    posterior = softmax(features @ kernel[:NUM_FEATURES] + bias)
+    counts = posterior.T @ np.eye(NUM_CLASSES)[given]
+    expected = np.log(np.maximum(counts / counts.sum(axis=1, keepdims=True), 1e-4)).T
+    np.testing.assert_allclose(kernel[NUM_FEATURES:], expected, rtol=1e-4, atol=1e-4)
