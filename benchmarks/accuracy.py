@@ -210,11 +210,12 @@ def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
 
 
 def describe(values):
-    """Mean, sample standard deviation, min and max of values in [0, 1], in percent."""
+    """Mean, sample standard deviation (`None` for one value), min and max of values in
+    [0, 1], in percent."""
     percent = [100 * value for value in values]
     return {
         "mean": statistics.fmean(percent),
-        "std": statistics.stdev(percent) if len(percent) > 1 else 0.0,
+        "std": statistics.stdev(percent) if len(percent) > 1 else None,
         "min": min(percent),
         "max": max(percent),
         "runs": len(percent),
@@ -250,13 +251,15 @@ def format_markdown(summary, command):
         "(disjoint from the meta set; candidates: the warm-up's last epoch and the method's "
         "own), and at the final epoch: mean ± sample standard deviation over seeds. Δ: the "
         "paired difference to cross-entropy (same seed, same warm-up): mean ± sample standard "
-        "deviation of the per-seed differences, in points.",
+        "deviation of the per-seed differences, in points (no spread with one seed).",
         "",
         "| setting | method | best on validation | Δ | final | Δ | seeds |",
         "|---|---|---|---|---|---|---|",
     ]
 
     def spread(stats, sign=""):
+        if stats["std"] is None:  # one seed: no spread to show
+            return f"{stats['mean']:{sign}.2f}"
         return f"{stats['mean']:{sign}.2f} ± {stats['std']:.2f}"
 
     for setting, cells in summary.items():

@@ -76,6 +76,16 @@ def test_grid_tabulates_the_runs_it_made(tmp_path, monkeypatch):
         accuracy.main(argv)
 
 
+def test_one_seed_has_no_spread():
+    stats = accuracy.describe([0.8123])
+    assert stats["std"] is None and stats["mean"] == pytest.approx(81.23)
+    table = accuracy.format_markdown(
+        {"symmetric:0.8": {"cross_entropy": {key: stats for key in KEYS}}}, "python ..."
+    )
+    assert "| symmetric:0.8 | cross-entropy | 81.23 |  | 81.23 |  | 1 |" in table
+    assert "±" not in table.split("\n", 4)[-1]
+
+
 def test_grid_arguments_are_checked():
     assert accuracy.parse_setting("pair:0.45") == ("pair", 0.45)
     assert accuracy.parse_override("virtual_lr=0.5") == ("virtual_lr", 0.5)
