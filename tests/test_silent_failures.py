@@ -250,7 +250,7 @@ def test_classifier_update_matches_finite_differences_on_the_new_soft_labels(
         np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
 
 
-# Bad input: each gets a clear error (README, "Bad input")
+# Bad input: each gets a clear error (docs/bad_input.md)
 
 
 def noisy_and_meta(meta_labels):
