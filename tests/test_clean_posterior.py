@@ -2,7 +2,9 @@
 meta batch's cross-entropy in the classifier's update (`clean_weight`).
 
 W and b are checked against the optimality condition of the regularised logistic
-regression they solve, and V against a noise matrix computed again here in NumPy.
+regression they solve, and V against a noise matrix computed again here in NumPy. The
+meta-gradient with the generator on the logits is checked against finite differences in
+test_label_options.py.
 """
 
 import keras
@@ -222,60 +224,6 @@ def test_on_the_logits_the_model_saves_and_reloads(tmp_path):
     np.testing.assert_allclose(loaded.predict_soft_labels(images[:6], labels[:6]),
                                model.predict_soft_labels(images[:6], labels[:6]),
                                rtol=1e-6)  # fmt: skip
-
-
-@pytest.mark.parametrize("meta_gradient", ["forward_mode", "nested_tapes"])
-def test_on_the_logits_the_meta_gradient_matches_central_finite_differences(meta_gradient):
-    keras.config.set_floatx("float64")
-    try:
-        rng = np.random.default_rng(3)
-        x, x_meta = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
-        y, y_meta = rng.integers(0, NUM_CLASSES, 6), rng.integers(0, NUM_CLASSES, 6)
-        classifier = tanh_classifier()
-        alpha = 0.7
-        model = mln_tf.MetaLabelNet(
-            classifier, generator_input="classifier_logits", label_input=True,
-            generator_init="random", label_trust=1.5, loss_scale="sum_over_classes",
-            label_loss="cross_entropy", meta_gradient=meta_gradient,
-        )  # fmt: skip
-        model.compile(optimizer=keras.optimizers.SGD(0.1),
-                      generator_optimizer=keras.optimizers.SGD(1.0), virtual_lr=alpha)  # fmt: skip
-        params = [tf.constant(w) for w in classifier.get_weights()]
-        w_gen, b_gen = [v.numpy() for v in model.label_generator.trainable_variables]
-        model.train_on_batch(((x, y), (x_meta, y_meta)))
-        after = [v.numpy() for v in model.label_generator.trainable_variables]
-        gradient = [w_gen - after[0], b_gen - after[1]]
-
-        def forward(params, inputs):
-            return tf.tanh(inputs @ params[0] + params[1]) @ params[2] + params[3]
-
-        # The generator reads the logits at θ, as constants, and the given label.
-        generator_input = np.concatenate([forward(params, x).numpy(), np.eye(NUM_CLASSES)[y]], 1)
-
-        def meta_loss(w, b):
-            soft = tf.nn.softmax(generator_input @ w + b)
-            with tf.GradientTape() as tape:
-                tape.watch(params)
-                log_p = tf.nn.log_softmax(forward(params, x))
-                loss = -tf.reduce_mean(tf.reduce_sum(soft * log_p, axis=1))
-            fast = [w - alpha * g for w, g in zip(params, tape.gradient(loss, params))]
-            log_p_meta = tf.nn.log_softmax(forward(fast, x_meta)).numpy()
-            return -np.mean(log_p_meta[np.arange(6), y_meta])
-
-        epsilon = 1e-6
-        for which, (param, analytic) in enumerate(zip((w_gen, b_gen), gradient)):
-            numeric = np.zeros_like(param)
-            for index in np.ndindex(param.shape):
-                plus, minus = param.copy(), param.copy()
-                plus[index] += epsilon
-                minus[index] -= epsilon
-                args = [(plus, b_gen), (minus, b_gen)] if which == 0 else [
-                    (w_gen, plus), (w_gen, minus)]  # fmt: skip
-                numeric[index] = (meta_loss(*args[0]) - meta_loss(*args[1])) / (2 * epsilon)
-            np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-10)
-        assert np.abs(gradient[0]).max() > 1e-4
-    finally:
-        keras.config.set_floatx("float32")
 
 
 # The noise matrix counted on the noisy set (`transition_estimate="noisy_labels"`)

@@ -85,8 +85,11 @@ def test_an_unlabeled_example_gets_a_zero_label_input():
     np.testing.assert_array_equal(model.generator_inputs(features).numpy()[:, 5:], 0)
 
 
+@pytest.mark.parametrize("generator_input", ["frozen_features", "classifier_logits"])
 @pytest.mark.parametrize("meta_gradient", ["forward_mode", "nested_tapes"])
-def test_meta_gradient_with_every_option_matches_central_finite_differences(meta_gradient):
+def test_meta_gradient_with_every_option_matches_central_finite_differences(
+    meta_gradient, generator_input
+):
     keras.config.set_floatx("float64")
     try:
         rng = np.random.default_rng(3)
@@ -95,8 +98,9 @@ def test_meta_gradient_with_every_option_matches_central_finite_differences(meta
         classifier = tanh_classifier()
         alpha = 0.7
         model = mln_tf.MetaLabelNet(
-            classifier, feature_layer="features", meta_gradient=meta_gradient, **OPTIONS
-        )
+            classifier, feature_layer="features", meta_gradient=meta_gradient,
+            generator_input=generator_input, **OPTIONS,
+        )  # fmt: skip
         model.compile(
             optimizer=keras.optimizers.SGD(0.1),
             generator_optimizer=keras.optimizers.SGD(1.0),
@@ -111,12 +115,15 @@ def test_meta_gradient_with_every_option_matches_central_finite_differences(meta
         def forward(params, inputs):
             return tf.tanh(inputs @ params[0] + params[1]) @ params[2] + params[3]
 
-        generator_input = np.concatenate(
-            [np.tanh(x @ params[0].numpy() + params[1].numpy()), np.eye(NUM_CLASSES)[y]], axis=1
-        )
+        # The generator reads the frozen features, or the logits at θ as constants, and ỹ.
+        if generator_input == "frozen_features":
+            read = np.tanh(x @ params[0].numpy() + params[1].numpy())
+        else:
+            read = forward(params, x).numpy()
+        inputs = np.concatenate([read, np.eye(NUM_CLASSES)[y]], axis=1)
 
         def meta_loss(w, b):
-            soft = tf.nn.softmax(generator_input @ w + b)
+            soft = tf.nn.softmax(inputs @ w + b)
             with tf.GradientTape() as tape:
                 tape.watch(params)
                 log_p = tf.nn.log_softmax(forward(params, x))
@@ -138,7 +145,7 @@ def test_meta_gradient_with_every_option_matches_central_finite_differences(meta
                 numeric[index] = (meta_loss(*args[0]) - meta_loss(*args[1])) / (2 * epsilon)
             np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-10)
         # The label block V gets a real gradient: the meta-gradient learns the trust.
-        assert np.abs(gradient[0][5:]).max() > 1e-4
+        assert np.abs(gradient[0][-NUM_CLASSES:]).max() > 1e-4
     finally:
         keras.config.set_floatx("float32")
 
@@ -201,7 +208,7 @@ def test_paper_preset_is_the_authors_algorithm_and_the_defaults_are_the_projects
     assert options == mln_tf.options.MetaLabelNetOptions()
     assert train.TrainConfig.from_preset("cifar10").options.label_loss == "reverse_kl"
     default = train.TrainConfig().options
-    assert (default.label_input, default.generator_init, default.loss_scale) == (
-        True, "classifier_head", "sum_over_classes")  # fmt: skip
+    assert (default.label_input, default.generator_init, default.loss_scale,
+            default.clean_weight) == (True, "clean_posterior", "sum_over_classes", 1.0)  # fmt: skip
     # Only stage 2 differs: the paper preset and the defaults share one cached warm-up.
     assert paper.warm_up_key() == train.TrainConfig(noise="symmetric", rate=0.8).warm_up_key()
