@@ -4,15 +4,11 @@ import csv
 import json
 import os
 
-import matplotlib
 import matplotlib.ticker
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only: no display is needed or assumed
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from mln_tf import options as options_lib  # noqa: E402
+from mln_tf import options as options_lib
 
 METHOD_NAMES = {
     "warm_up": "warm-up (cross-entropy)",
@@ -130,7 +126,8 @@ def _points(difference):
 
 def plot_test_accuracy(path, results, histories, warm_up_history):
     """Test accuracy per epoch for every method, with each method's selected epoch marked."""
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.subplots()
     if warm_up_history.get("epoch"):
         axes.plot(warm_up_history["epoch"], 100 * np.asarray(warm_up_history["test_accuracy"]),
                   color="gray", marker="o", label=METHOD_NAMES["warm_up"])  # fmt: skip
@@ -159,7 +156,8 @@ def plot_confusion_matrices(path, matrices, class_names):
     """Row-normalised confusion matrices of the selected models, side by side."""
     columns = min(len(matrices), 4)
     rows = -(-len(matrices) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 5 * rows), squeeze=False)
+    figure = Figure(figsize=(5.5 * columns, 5 * rows))
+    axes = figure.subplots(rows, columns, squeeze=False)
     axes = axes.ravel()
     for axis in axes[len(matrices) :]:
         axis.axis("off")
@@ -183,7 +181,8 @@ def plot_confusion_matrices(path, matrices, class_names):
 
 def plot_label_correction(path, correction):
     """The wrong labels the generator fixes and the right labels it breaks, per epoch."""
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
     axes.plot(correction["epochs"], 100 * np.asarray(correction["fraction"]), marker="o",
               label="wrong labels fixed (true class on top)")  # fmt: skip
     broken = correction.get("broken")
@@ -203,7 +202,6 @@ def plot_label_correction(path, correction):
 def _save(figure, path):
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def prepare_out_dir(out_dir, settings):

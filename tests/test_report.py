@@ -32,3 +32,17 @@ def test_history_quotes_a_name_with_a_comma(tmp_path):
     assert path.read_text() == 'method,epoch,loss\n"a,b",1,0.5\n'
     with open(path, newline="") as f:
         assert list(csv.DictReader(f)) == [{"method": "a,b", "epoch": "1", "loss": "0.5"}]
+
+
+def test_importing_mln_tf_leaves_the_matplotlib_backend_alone():
+    # A notebook's inline plots must survive `import mln_tf` (the report draws on Figures).
+    import os
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import mln_tf; "
+            "print(matplotlib.get_backend())")  # fmt: skip
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=environment, check=True)  # fmt: skip
+    assert result.stdout.strip().splitlines()[-1] == "svg"
