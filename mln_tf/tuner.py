@@ -86,8 +86,10 @@ class MetaLabelNetHyperModel(kt.HyperModel):
         entropy_weight: `(min, max)` or float. Defaults to `(0.0, 1.0)`.
         label_trust: `(min, max)`, float or `None`, κ, the given label's initial logit
             bonus with `label_input`; a pair is searched as the hyper-parameter
-            `"label_trust"` (no single κ suits every noise: `docs/accuracy.md`). Defaults to
-            `None`, the options' κ, not declared.
+            `"label_trust"` (no single κ suits every noise: `docs/accuracy.md`), only with
+            options whose generator starts from κ·I (`generator_init="classifier_head"` or
+            `"random"`): the default clean posterior sets V itself, and a pair then raises
+            a `ValueError`. Defaults to `None`, the options' κ, not declared.
         options: `mln_tf.options.MetaLabelNetOptions`, the fixed options, and the values of
             the dimensions passed as `None`. Defaults to `mln_tf.options.RECOMMENDED`.
             `options=mln_tf.options.PAPER` with `generator_learning_rate=None,
