@@ -40,6 +40,15 @@ def softmax(z):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def assert_soft_labels_are_the_posterior(model, x, clean_probabilities, matrix):
+    """The model's soft labels for `x` are p(y | x)·T[y, ỹ], normalised, for given labels ỹ."""
+    given = np.array([0, 1, 2, 2, 1, 0])
+    expected = clean_probabilities * matrix[:, given].T
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(model.predict_soft_labels(x, given), expected, rtol=1e-4,
+                               atol=1e-5)  # fmt: skip
+
+
 def posterior_model(meta_data, **options):
     options = dict(label_input=True, generator_init="clean_posterior", **options)
     return mln_tf.MetaLabelNet(tanh_classifier(), feature_layer="features",
@@ -76,13 +85,10 @@ def test_v_is_the_log_of_the_noise_matrix_the_warmed_up_classifier_gives():
     np.testing.assert_allclose(kernel[NUM_FEATURES:], np.log(matrix).T, rtol=1e-5, atol=1e-5)
 
     # The first soft labels are then p(y | x)·T[y, ỹ], normalised.
-    x, given = images[:6], np.array([0, 1, 2, 2, 1, 0])
+    x = images[:6]
     features = model.feature_extractor.predict(x, verbose=0)
     clean = softmax(features @ kernel[:NUM_FEATURES] + model.label_generator.get_weights()[1])
-    expected = clean * matrix[:, given].T
-    expected /= expected.sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(model.predict_soft_labels(x, given), expected, rtol=1e-4,
-                               atol=1e-5)  # fmt: skip
+    assert_soft_labels_are_the_posterior(model, x, clean, matrix)
 
 
 def test_without_the_label_input_only_w_and_b_are_fitted():
@@ -186,12 +192,9 @@ def test_on_the_logits_the_first_soft_labels_are_gold_loss_corrections_posterior
     # the gradient of the forward-corrected loss −log Σ_y p(y | x)·T[y, ỹ].
     probabilities = softmax(model.classifier.predict(images, verbose=0).astype("float64"))
     matrix = np.stack([probabilities[labels == c].mean(axis=0) for c in range(NUM_CLASSES)])
-    x, given = images[:6], np.array([0, 1, 2, 2, 1, 0])
+    x = images[:6]
     p = softmax(model.classifier.predict(x, verbose=0).astype("float64"))
-    expected = p * matrix[:, given].T
-    expected /= expected.sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(model.predict_soft_labels(x, given), expected, rtol=1e-4,
-                               atol=1e-5)  # fmt: skip
+    assert_soft_labels_are_the_posterior(model, x, p, matrix)
 
 
 def test_on_the_logits_the_classifier_is_not_frozen_and_cached_features_are_refused():
