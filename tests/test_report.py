@@ -1,8 +1,15 @@
-"""The main job's history table."""
+"""The main job's history table, and the committed example run."""
 
 import csv
+import json
+import pathlib
 
-from mln_tf import report
+import pytest
+
+from mln_tf import report, selection
+from mln_tf.train_config import TrainConfig
+
+EXAMPLE_RUN = pathlib.Path(__file__).resolve().parent.parent / "docs" / "example_run"
 
 
 def test_history_has_one_row_per_method_and_epoch_warm_up_first(tmp_path):
@@ -46,3 +53,32 @@ def test_importing_mln_tf_leaves_the_matplotlib_backend_alone():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=environment, check=True)  # fmt: skip
     assert result.stdout.strip().splitlines()[-1] == "svg"
+
+
+def test_committed_example_run_is_a_default_run_whose_report_follows_its_history():
+    settings = json.loads((EXAMPLE_RUN / "config.json").read_text())
+    results = json.loads((EXAMPLE_RUN / "results.json").read_text())
+    # The main job's defaults: when they change, the example must be run again.
+    assert settings == TrainConfig().to_dict()
+    assert (EXAMPLE_RUN / "report.md").read_text() == report.format_report(
+        TrainConfig(**settings), results
+    )
+
+    with open(EXAMPLE_RUN / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    columns = ("epoch", "validation_accuracy", "test_accuracy", "epoch_seconds")
+    histories = {}
+    for row in rows:
+        history = histories.setdefault(row["method"], {name: [] for name in columns})
+        for name in columns:
+            history[name].append(float(row[name]))
+    selected = selection.select_epochs(histories.pop("warm_up"), histories)
+    assert set(selected) == set(results["methods"]) == {"cross_entropy", "meta_label_net"}
+    for method, chosen in selected.items():
+        recorded = results["methods"][method]
+        assert chosen["best_epoch"] == recorded["best_epoch"]
+        for name in ("test_accuracy_best_on_validation", "validation_accuracy",
+                     "test_accuracy_final"):  # fmt: skip
+            assert chosen[name] == pytest.approx(recorded[name], abs=1e-6)
+    for name in ("test_accuracy.png", "confusion_matrix.png", "label_correction.png"):
+        assert (EXAMPLE_RUN / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
