@@ -71,8 +71,8 @@ def parse_override(text):
         )
     if name in options.NAMES:
         default = getattr(options.RECOMMENDED, name)
-    elif name in ("meta_size", "validation_size"):
-        default = 0  # `None` stands for the dataset's default: the value is an int
+    elif name in ("meta_size", "validation_size", "max_train_examples"):
+        default = 0  # `None` stands for the dataset's default (or all): the value is an int
     else:
         default = getattr(train.TrainConfig(), name)
     if name == "baselines" and value.lower() not in ("1", "true", "yes", "0", "false", "no"):

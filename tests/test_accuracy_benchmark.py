@@ -93,6 +93,8 @@ def test_grid_arguments_are_checked():
     assert accuracy.parse_override("label_trust=10") == ("label_trust", 10.0)
     assert accuracy.parse_override("validation_size=50") == ("validation_size", 50)
     assert accuracy.parse_override("meta_size=250") == ("meta_size", 250)
+    assert accuracy.parse_override("max_train_examples=15000") == ("max_train_examples", 15000)
+    assert accuracy.parse_override("architecture=cifar10_cnn") == ("architecture", "cifar10_cnn")
     assert accuracy.parse_override("baselines=true") == ("baselines", True)
     assert accuracy.parse_override("baselines=gold_loss_correction,fine_tune") == (
         "baselines", ("gold_loss_correction", "fine_tune"))  # fmt: skip
