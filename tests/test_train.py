@@ -283,6 +283,12 @@ def test_warm_up_is_cached_and_shared(finished_run, tmp_path, cache_dir):
     again = {r["method"]: r for r in _history(out) if r["epoch"] == "2"}
     assert again["cross_entropy"]["test_accuracy"] == first["cross_entropy"]["test_accuracy"]
     assert "(reused from the cache)" in (out / "report.md").read_text()
+    # --no-warm-up-cache trains the warm-up again, to the same (deterministic) result.
+    fresh = tmp_path / "fresh"
+    main(["train", *DIGITS, "--warmup-epochs", "1", "--meta-epochs", "1", "--learning-rate", "0.05",
+          "0.02", "--lr-boundaries", "2", "--no-warm-up-cache", "--out", str(fresh)])  # fmt: skip
+    assert _results(fresh)["warm_up"]["cached"] is False
+    assert _results(fresh)["warm_up"]["test_accuracy"] == results["warm_up"]["test_accuracy"]
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_result(finished_run, tmp_path, cache_dir):
@@ -491,6 +497,25 @@ def test_the_validation_size_shapes_the_warm_up_and_has_a_dataset_default():
     config = config_from_args(args)
     assert config.validation_size == 50 and "validation_size" in mln_tf.train.WARM_UP_FIELDS
     assert config.warm_up_key() != dataclasses.replace(config, validation_size=60).warm_up_key()
+
+
+def test_the_warm_up_cache_key_follows_the_classifier_and_the_library_versions(monkeypatch):
+    config = TrainConfig(dataset="digits")
+    small = json.loads(mln_tf.classifiers.fashion_cnn(10, (8, 8, 1)).to_json())
+    other = json.loads(mln_tf.classifiers.cifar10_cnn(10, (8, 8, 1)).to_json())
+    key = config.warm_up_key(small)
+    assert key == TrainConfig(dataset="digits").warm_up_key(small)
+    assert key != config.warm_up_key(other)
+    assert key != dataclasses.replace(config, architecture="cifar10_cnn").warm_up_key(small)
+    assert key != dataclasses.replace(config, noise="pair", rate=0.45).warm_up_key(small)
+    for module in (keras, mln_tf):
+        with monkeypatch.context() as patch:
+            patch.setattr(module, "__version__", module.__version__ + ".other")
+            assert config.warm_up_key(small) != key, module.__name__
+    # The bypass: --no-warm-up-cache, `warm_up_cache=False`.
+    assert config.warm_up_cache is True
+    args = build_parser().parse_args(["train", "--dataset", "digits", "--no-warm-up-cache"])
+    assert config_from_args(args).warm_up_cache is False
 
 
 def test_noise_none_needs_no_rate_and_a_transition_matrix_is_not_a_choice(capsys):
