@@ -117,6 +117,8 @@ def head_weights(head, num_features, num_classes):
 MISSING_CLASS_OFFSET = 10.0
 # The smallest noise-matrix entry whose log enters V: log(1e-4) ≈ −9.2 bounds the logits.
 MIN_TRANSITION = 1e-4
+# The inverse L2 strengths that `readout_regularization="cross_validated"` chooses among.
+READOUT_CS = tuple(float(c) for c in np.logspace(-3, 1, 9))
 
 
 def clean_posterior_weights(features, labels, num_classes, transition_matrix=None,
@@ -146,10 +148,9 @@ def clean_posterior_weights(features, labels, num_classes, transition_matrix=Non
 
     features = np.asarray(features, dtype="float64")
     labels = np.asarray(labels)
-    mean, scale = features.mean(axis=0), features.std(axis=0)
-    scale[scale == 0] = 1.0
+    standardized, mean, scale = _standardized(features)
     fit = LogisticRegression(C=regularization, max_iter=2000)
-    fit.fit((features - mean) / scale, labels)
+    fit.fit(standardized, labels)
     coef, intercept = fit.coef_, fit.intercept_
     if len(fit.classes_) == 2:  # scikit-learn keeps one row for two classes
         coef = np.concatenate([-coef / 2, coef / 2])
@@ -167,6 +168,50 @@ def clean_posterior_weights(features, labels, num_classes, transition_matrix=Non
     if transition_matrix is not None:
         label_weights = np.log(np.maximum(np.asarray(transition_matrix), MIN_TRANSITION)).T
     return (kernel, bias), label_weights
+
+
+def cross_validated_regularization(features, labels, cs=READOUT_CS, folds=5, seed=0):
+    """The inverse L2 strength C of `cs` whose read-out has the lowest log-loss in
+    stratified k-fold cross-validation on `(features, labels)`, the meta set.
+
+    A read-out fitted with too little regularisation on a thousand images is over-confident,
+    and its posterior then overrules given labels that are right. With fewer than two images
+    in some class there is nothing to validate on, and C is 1.
+
+    Args:
+        features: float array `(N_m, F)`, the meta set's frozen features.
+        labels: int array `(N_m,)`, its clean labels.
+        cs: the candidate values of C. Defaults to `READOUT_CS`.
+        folds: int, at most this many folds (fewer if a class has fewer images).
+            Defaults to 5.
+        seed: int, the seed of the folds' shuffle. Defaults to 0.
+
+    Returns:
+        A float, the chosen C.
+    """
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = np.asarray(labels)
+    _, counts = np.unique(labels, return_counts=True)
+    folds = min(folds, int(counts.min()))
+    if folds < 2 or len(counts) < 2:
+        return 1.0
+    standardized, _, _ = _standardized(np.asarray(features, dtype="float64"))
+    fit = LogisticRegressionCV(
+        Cs=list(cs), cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+        scoring="neg_log_loss", max_iter=2000, l1_ratios=(0.0,), use_legacy_attributes=False,
+    )  # fmt: skip
+    fit.fit(standardized, labels)
+    return float(np.ravel(fit.C_)[0])
+
+
+def _standardized(features):
+    """Features scaled to mean 0 and standard deviation 1 per column (constant columns
+    unscaled), with the mean and scale."""
+    mean, scale = features.mean(axis=0), features.std(axis=0)
+    scale[scale == 0] = 1.0
+    return (features - mean) / scale, mean, scale
 
 
 def noisy_label_transition_matrix(posterior, given_labels, num_classes):

@@ -152,6 +152,8 @@ class MetaLabelNet(MetaTrainer):
             )
         # Set by `initialize_label_generator`; a restored generator is initialized.
         self._awaits_meta_data = False
+        # The read-out's inverse L2 strength, once `"clean_posterior"` has fitted it.
+        self.readout_c = None
         if label_generator is None:
             self.label_generator = generator_lib.build_label_generator(
                 feature_shape[-1], self.num_classes, self.label_input
@@ -292,8 +294,9 @@ class MetaLabelNet(MetaTrainer):
         With `generator_init="classifier_head"`, W and b are copied from the classifier's
         last layer as it is now, and with `label_input` V = `label_trust`·I. With
         `"clean_posterior"`, W and b are fitted to `meta_data`'s clean labels on its frozen
-        features and V is the log of the noise matrix that the classifier's softmax gives
-        on it (Gold Loss Correction's estimate). Call this after warming up
+        features, with the L2 strength that `readout_regularization` chooses (kept in
+        `readout_c`), and V is the log of the noise matrix that the classifier's softmax
+        gives on it (Gold Loss Correction's estimate). Call this after warming up
         `model.classifier` when the model was built before the warm-up (the Keras Tuner
         hypermodel does). A random W and b are left as they are.
 
@@ -351,8 +354,12 @@ class MetaLabelNet(MetaTrainer):
                     noisy_images, batch_size=512, verbose=0
                 )
                 noisy = (noisy_features, noisy_labels)
+            regularization = 1.0
+            if self.readout_regularization == "cross_validated":
+                regularization = generator_lib.cross_validated_regularization(features, labels)
+            self.readout_c = regularization
             fitted, posterior_label_weights = generator_lib.clean_posterior_weights(
-                features, labels, self.num_classes, matrix, noisy=noisy
+                features, labels, self.num_classes, matrix, regularization, noisy=noisy
             )
             if not reads_logits:
                 weights = fitted

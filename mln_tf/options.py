@@ -123,6 +123,11 @@ class MetaLabelNetOptions:
             meta images of each class (Gold Loss Correction's), or `"noisy_labels"`, the
             given labels of the noisy training set counted under the clean read-out's
             posterior, which needs the noisy data. Defaults to `"meta_softmax"`.
+        readout_regularization: how `generator_init="clean_posterior"` sets the L2
+            strength of the read-out it fits on the meta set: `"fixed"` (scikit-learn's
+            C = 1) or `"cross_validated"` (C chosen among `label_generator.READOUT_CS` by
+            5-fold cross-validated log-loss on the meta set, so that p(y | x) is not
+            over-confident). Defaults to `"fixed"`.
         loss_scale: `"mean"` (L_c and L_e averaged over B×C) or `"sum_over_classes"`
             (summed over classes, averaged over the batch). Defaults to `"mean"`.
         label_loss: `"reverse_kl"`, KL(p‖ŷ), or `"cross_entropy"`, −Σ ŷ log p. Defaults to
@@ -176,6 +181,11 @@ class MetaLabelNetOptions:
     transition_estimate: str = _option(
         "meta_softmax", "how clean_posterior estimates the noise matrix T", GENERATOR,
         choices=("meta_softmax", "noisy_labels"),
+    )  # fmt: skip
+    readout_regularization: str = _option(
+        "fixed", "how clean_posterior chooses the read-out's L2 strength: fixed (C=1) or "
+        "by cross-validated log-loss on the meta set", GENERATOR,
+        choices=("fixed", "cross_validated"),
     )  # fmt: skip
     loss_scale: str = _option(
         "mean", "the reduction of the soft-label and entropy losses", COMPILE,

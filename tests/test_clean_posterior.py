@@ -91,6 +91,47 @@ def test_v_is_the_log_of_the_noise_matrix_the_warmed_up_classifier_gives():
     assert_soft_labels_are_the_posterior(model, x, clean, matrix)
 
 
+def held_out_log_loss(features, labels, c, folds=5):
+    """The mean over stratified folds of the held-out log-loss of a read-out fitted with
+    inverse L2 strength `c` on the other folds (standardised as the fit standardises)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    x = (features - features.mean(axis=0)) / features.std(axis=0)
+    losses = []
+    for train, held_out in StratifiedKFold(folds, shuffle=True, random_state=0).split(x, labels):
+        fit = LogisticRegression(C=c, max_iter=2000).fit(x[train], labels[train])
+        p = fit.predict_proba(x[held_out])
+        losses.append(-np.log(p[np.arange(len(held_out)), labels[held_out]]).mean())
+    return np.mean(losses)
+
+
+def test_the_cross_validated_read_out_has_the_least_held_out_log_loss_and_solves_its_fit():
+    images, labels = meta_set(size=150)
+    model = posterior_model((images, labels), readout_regularization="cross_validated")
+    features = model.feature_extractor.predict(images, verbose=0).astype("float64")
+
+    scores = {c: held_out_log_loss(features, labels, c) for c in label_generator.READOUT_CS}
+    assert model.readout_c == pytest.approx(min(scores, key=scores.get))
+    assert model.readout_c != 1.0  # the test would not tell the two fits apart otherwise
+
+    # W and b solve the fit with that C: W_s / C + X_sᵀ(P − Y) = 0 on standardised features.
+    kernel, bias = model.label_generator.get_weights()
+    w, b = kernel[:NUM_FEATURES].astype("float64"), bias.astype("float64")
+    mean, scale = features.mean(axis=0), features.std(axis=0)
+    residual = softmax(features @ w + b) - np.eye(NUM_CLASSES)[labels]
+    gradient = ((features - mean) / scale).T @ residual + w * scale[:, None] / model.readout_c
+    np.testing.assert_allclose(gradient / len(labels), 0.0, atol=1e-3)
+    # The default keeps C = 1.
+    assert posterior_model((images, labels)).readout_c == 1.0
+
+
+def test_a_meta_set_too_small_to_cross_validate_keeps_c_at_one():
+    images, labels = meta_set(size=4)  # one image of class 2, two of class 0
+    model = posterior_model((images, labels), readout_regularization="cross_validated")
+    assert model.readout_c == 1.0
+
+
 def test_without_the_label_input_only_w_and_b_are_fitted():
     images, labels = meta_set()
     model = posterior_model((images, labels), label_trust=2.0).label_generator.get_weights()

@@ -1,0 +1,94 @@
+"""How right the generator's first soft labels are, before any meta step.
+
+For each noise setting, loads the main job's cached warm-up (run the main job, or
+`benchmarks/accuracy.py`, with the same settings first), fits the clean read-out of
+`generator_init="clean_posterior"` on the meta set's frozen features with each inverse L2
+strength C, and scores the first soft labels ŷ ∝ p(y | x)·T[y, ỹ] of the noisy training set
+against its true labels: the share whose argmax is the true class, the share of correctly
+labelled images moved off their label (broken), and the share of wrongly labelled ones given
+their true class (fixed). It also prints each C's 5-fold cross-validated log-loss on the meta
+set and the C that `readout_regularization="cross_validated"` chooses.
+
+Usage:
+
+    python benchmarks/first_soft_labels.py --settings symmetric:0.4 feature_dependent:0.4
+"""
+
+import argparse
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.model_selection import StratifiedKFold, cross_val_predict  # noqa: E402
+
+from mln_tf import classifiers, clean_baselines, noise, train  # noqa: E402
+from mln_tf import label_generator as generator_lib  # noqa: E402
+from mln_tf.callbacks import EpochCheckpoint  # noqa: E402
+
+
+def warmed_up(config):
+    """The data and the cached warm-up classifier of `config`."""
+    keras.utils.clear_session()  # the classifier's layer names enter the cache key
+    data = train.load_data(config)
+    classifier = train.build_classifier(config, data, None)
+    cache = noise.default_cache_dir() / "warm_up" / config.warm_up_key(
+        json.loads(classifier.to_json())
+    )
+    if not (cache / "state.json").exists():
+        raise SystemExit(
+            f"No cached warm-up for {config.noise}:{config.rate} seed {config.seed} in "
+            f"{cache}: run the main job with these settings first."
+        )
+    EpochCheckpoint(str(cache)).restore(classifier)
+    return data, classifier
+
+
+def score(setting, seed):
+    noise_name, rate = setting.split(":")
+    config = train.TrainConfig.from_settings(noise=noise_name, rate=float(rate), seed=seed)
+    data, classifier = warmed_up(config)
+    extractor = generator_lib.freeze_feature_extractor(classifier, classifiers.FEATURE_LAYER)
+    meta = list(data.meta.as_numpy_iterator())
+    meta_images = np.stack([image for image, _ in meta])
+    meta_labels = np.array([label for _, label in meta])
+    meta_features = extractor.predict(meta_images, batch_size=512, verbose=0)
+    matrix = clean_baselines.gold_transition_matrix(classifier, meta_images, meta_labels,
+                                                    data.num_classes)  # fmt: skip
+    features = extractor.predict(data.train_images, batch_size=512, verbose=0)
+    true, given = data.train_clean_labels, data.train_noisy_labels
+    right = true == given
+    standardized = (meta_features - meta_features.mean(0)) / np.where(
+        meta_features.std(0) > 0, meta_features.std(0), 1.0)  # fmt: skip
+    chosen = generator_lib.cross_validated_regularization(meta_features, meta_labels)
+    print(f"\n{setting}, seed {seed}: cross-validation chooses C = {chosen:.3g}")
+    print("| C | held-out log-loss | soft labels right | right labels broken | "
+          "wrong labels fixed |\n|---|---|---|---|---|")  # fmt: skip
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    for c in generator_lib.READOUT_CS:
+        held_out = cross_val_predict(LogisticRegression(C=c, max_iter=2000), standardized,
+                                     meta_labels, cv=folds, method="predict_proba")  # fmt: skip
+        log_loss = -np.log(held_out[np.arange(len(meta_labels)), meta_labels]).mean()
+        (kernel, bias), label_weights = generator_lib.clean_posterior_weights(
+            meta_features, meta_labels, data.num_classes, matrix, regularization=c
+        )
+        predicted = (features @ kernel + bias + label_weights[given]).argmax(axis=1)
+        print(f"| {c:.3g} | {log_loss:.3f} | {100 * np.mean(predicted == true):.1f} % | "
+              f"{100 * np.mean(predicted[right] != true[right]):.1f} % | "
+              f"{100 * np.mean(predicted[~right] == true[~right]):.1f} % |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", nargs="+", default=["feature_dependent:0.4"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    for setting in args.settings:
+        score(setting, args.seed)
+
+
+if __name__ == "__main__":
+    main()
