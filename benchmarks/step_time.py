@@ -12,10 +12,11 @@ Variants (`VARIANTS`): `plain` is Keras' own `train_step` with sparse cross-entr
 `"forward_mode"`; `+cache` feeds cached frozen features with the batch
 (`mln_tf.data.cache_features`); `head` is `virtual_scope="head"` (nested tapes;
 `head_forward` with forward mode); `+clean` adds the meta batch's cross-entropy to the
-classifier's update (`clean_weight=1.0`); `+logits` has the generator read the classifier's
-current logits (`generator_input="classifier_logits"`); `bf16` builds the classifier
-under the `mixed_bfloat16` policy; `*_fit` runs the step the way `fit` does, through
-`model.make_train_function()` on a dataset iterator. The others call a `tf.function` of
+classifier's update (`clean_weight=1.0`); `+shared` does too, with the meta batch in the
+noisy batch's forward pass (`meta_batch_pass="shared"`); `+logits` has the generator read
+the classifier's current logits (`generator_input="classifier_logits"`); `bf16` builds the
+classifier under the `mixed_bfloat16` policy; `*_fit` runs the step the way `fit` does,
+through `model.make_train_function()` on a dataset iterator. The others call a `tf.function` of
 `train_step` on one batch.
 
 Usage:
@@ -59,6 +60,7 @@ VARIANTS = {
     "head_forward+cache": ("forward_mode", True, "head", "float32", False),
     "head+cache+clean": ("nested_tapes", True, "head", "float32", False),
     "head+logits+clean": ("nested_tapes", False, "head", "float32", False),
+    "head+cache+shared": ("nested_tapes", True, "head", "float32", False),
     "plain_bf16": (None, False, None, "mixed_bfloat16", False),
     "nested+cache_bf16": ("nested_tapes", True, "all", "mixed_bfloat16", False),
     "head+cache_bf16": ("nested_tapes", True, "head", "mixed_bfloat16", False),
@@ -70,6 +72,7 @@ VARIANTS = {
 VARIANT_OPTIONS = {
     "head+cache+clean": {"clean_weight": 1.0},
     "head+logits+clean": {"generator_input": "classifier_logits", "clean_weight": 1.0},
+    "head+cache+shared": {"clean_weight": 1.0, "meta_batch_pass": "shared"},
 }
 DEFAULT_VARIANTS = tuple(VARIANTS)
 

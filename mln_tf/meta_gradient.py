@@ -17,6 +17,7 @@ soft labels, the meta loss and the generator's gradients.
 
 import dataclasses
 import warnings
+import weakref
 
 import keras
 import tensorflow as tf
@@ -56,6 +57,9 @@ class MetaStep:
         new_state: the classifier's non-trainable values after the step: the noisy pass's
             batch-normalisation statistics, and random-generator states advanced by both
             the noisy and the meta pass, so that the next step draws fresh dropout masks.
+        clean_logits: the meta batch's float32 logits at θ, recorded on the virtual step's
+            tape, where the meta batch shared the noisy batch's pass (`shared_pass`);
+            otherwise `None`.
     """
 
     virtual_step: VirtualStep
@@ -63,6 +67,7 @@ class MetaStep:
     meta_loss: tf.Tensor
     generator_grads: list
     new_state: list
+    clean_logits: tf.Tensor | None = None
 
 
 def classifier_logits(classifier, weights, state, images):
@@ -93,16 +98,25 @@ def virtual_step(classifier, theta, state, images, inner_loss, virtual_indices, 
     Returns:
         A `VirtualStep`.
     """
-    virtual_theta = [theta[index] for index in virtual_indices]
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(theta)
         logits, new_state = classifier_logits(classifier, theta, state, images)
         label_loss = inner_loss(logits)
-        virtual_loss = label_loss
-        if global_batch:
-            # This replica's share of the global-batch mean, as Keras scales losses
-            virtual_loss = distribute.scale_for_replicas(label_loss)
-    grads = tape.gradient(virtual_loss, virtual_theta)
+        virtual_loss = _virtual_loss(label_loss, global_batch)
+    fast_weights = _fast_weights(tape, virtual_loss, theta, virtual_indices, virtual_lr,
+                                 global_batch)  # fmt: skip
+    return VirtualStep(logits, new_state, tape, label_loss, fast_weights)
+
+
+def _virtual_loss(label_loss, global_batch):
+    """The loss the virtual step descends: with `global_batch`, this replica's share of the
+    global-batch mean, as Keras scales losses."""
+    return distribute.scale_for_replicas(label_loss) if global_batch else label_loss
+
+
+def _fast_weights(tape, virtual_loss, theta, virtual_indices, virtual_lr, global_batch):
+    """θ̂: θ − α·∇ of `virtual_loss` (recorded on `tape`) at `virtual_indices`, θ elsewhere."""
+    grads = tape.gradient(virtual_loss, [theta[index] for index in virtual_indices])
     if global_batch:
         # The global batch's gradient. The gradient of this all-reduce is the all-reduce of
         # the incoming gradient: φ's gradient gathers every replica's meta loss.
@@ -110,7 +124,7 @@ def virtual_step(classifier, theta, state, images, inner_loss, virtual_indices, 
     fast_weights = list(theta)
     for index, grad in zip(virtual_indices, grads):
         fast_weights[index] = theta[index] - virtual_lr * grad
-    return VirtualStep(logits, new_state, tape, label_loss, fast_weights)
+    return fast_weights
 
 
 def meta_loss(classifier, optimizer, fast_weights, state, x_meta, y_meta):
@@ -228,7 +242,92 @@ def forward_mode(model, generator_inputs, batch, theta, state, virtual_indices, 
     return MetaStep(step, soft_labels, loss, generator_grads, new_state)
 
 
-STRATEGIES = {"nested_tapes": nested_tapes, "forward_mode": forward_mode}
+def shared_pass(model, generator_inputs, batch, theta, state, virtual_indices, global_batch):
+    """The nested tapes with one forward pass of the noisy and the meta batch together.
+
+    When the virtual step moves the output layer alone, the meta batch's features at θ̂ are
+    its features at θ. One pass of [x; x_meta] at θ then gives the noisy logits (for the
+    virtual step and the classifier's update), the meta batch's features (the meta loss
+    applies the fast output layer to them) and its logits at θ (for the clean term, returned
+    as `MetaStep.clean_logits`). Arguments as `nested_tapes`.
+    """
+    split = features_and_logits(model.classifier)
+    trainable_order, state_order = split.variable_order
+    head = model.classifier.layers[-1]
+    count = tf.shape(batch.x)[0]
+    images = tf.concat([batch.x, tf.cast(batch.x_meta, batch.x.dtype)], axis=0)
+    with tf.GradientTape() as meta_tape:
+        soft_labels = model.label_generator(generator_inputs, training=True)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(theta)
+            (features, logits), split_state = split.stateless_call(
+                [theta[index] for index in trainable_order],
+                [state[index] for index in state_order], images, training=True,
+            )  # fmt: skip
+            logits = tf.cast(logits, "float32")  # losses in float32 under mixed precision
+            noisy_logits, clean_logits = logits[:count], logits[count:]
+            label_loss = model.soft_label_loss(noisy_logits, soft_labels)
+            virtual_loss = _virtual_loss(label_loss, global_batch)
+        fast_weights = _fast_weights(tape, virtual_loss, theta, virtual_indices,
+                                     model.virtual_lr, global_batch)  # fmt: skip
+        index_of = {id(variable): index for index, variable in
+                    enumerate(model.classifier.trainable_variables)}  # fmt: skip
+        head_weights = [fast_weights[index_of[id(v)]] for v in head.trainable_variables]
+        meta_logits, _ = head.stateless_call(head_weights, [], tf.stop_gradient(features[count:]))
+        loss = losses.meta_loss(batch.y_meta, tf.cast(meta_logits, "float32"))
+        scaled = model.generator_optimizer.scale_loss(distribute.scale_for_replicas(loss))
+    generator_grads = meta_tape.gradient(scaled, model.label_generator.trainable_variables)
+    new_state = list(state)
+    for index, value in zip(state_order, split_state):
+        new_state[index] = value
+    step = VirtualStep(noisy_logits, new_state, tape, label_loss, fast_weights)
+    return MetaStep(step, soft_labels, loss, generator_grads, new_state, clean_logits)
+
+
+def features_and_logits(classifier):
+    """The classifier with its output layer's input as a first output, for `shared_pass`.
+
+    It shares the classifier's layers and variables; its `variable_order` holds, for its
+    trainable and non-trainable variables, their indices among the classifier's.
+
+    Raises:
+        ValueError: if the classifier's last layer is not its one output layer with
+            trainable weights, or the classifier is not a functional or Sequential model.
+    """
+    if classifier in _SPLITS:
+        return _SPLITS[classifier]
+    head = classifier.layers[-1] if classifier.layers else None
+    outputs = getattr(classifier, "outputs", None)
+    if (
+        head is None or not head.trainable_weights or not outputs or len(outputs) != 1
+        or weighted_layers(classifier)[-1] is not head
+    ):  # fmt: skip
+        raise ValueError(
+            "Invalid value for argument `meta_batch_pass`. Received: "
+            f"meta_batch_pass='shared' with the classifier {classifier.name!r}, whose last "
+            "layer is not its one output layer with trainable weights (a Dense layer, say). "
+            "Expected a functional or Sequential classifier that ends in that layer. Use "
+            "meta_batch_pass='separate'."
+        )
+    inputs = classifier.inputs[0] if len(classifier.inputs) == 1 else classifier.inputs
+    split = keras.Model(inputs, [head.input, outputs[0]], name="features_and_logits")
+    trainable = {id(v): i for i, v in enumerate(classifier.trainable_variables)}
+    state = {id(v): i for i, v in enumerate(classifier.non_trainable_variables)}
+    split.variable_order = (
+        [trainable[id(v)] for v in split.trainable_variables],
+        [state[id(v)] for v in split.non_trainable_variables],
+    )
+    _SPLITS[classifier] = split
+    return split
+
+
+# Each classifier's `features_and_logits`, built once, outside the traced step, and kept
+# out of the models' tracked attributes (they would enter saved weights).
+_SPLITS = weakref.WeakKeyDictionary()
+
+
+STRATEGIES = {"nested_tapes": nested_tapes, "forward_mode": forward_mode,
+              "shared_pass": shared_pass}  # fmt: skip
 MAX_POOLING_LAYERS = (
     keras.layers.MaxPooling1D,
     keras.layers.MaxPooling2D,
@@ -267,6 +366,8 @@ def strategy_for(classifier, options):
     synchronised batch normalisation, whose moments are all-reduced, the product J_p v would
     miss the other replicas' terms. There the nested tapes take over.
     """
+    if options.meta_batch_pass == "shared":
+        return "shared_pass"
     if options.meta_gradient != "forward_mode" or distribute.num_replicas() == 1:
         return options.meta_gradient
     synchronized = [

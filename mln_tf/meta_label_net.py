@@ -132,6 +132,7 @@ class MetaLabelNet(MetaTrainer):
         self.feature_layer = feature_layer
         self._options = (options or options_lib.PAPER).replace(**option_changes)
         _check_head_layers(self._options.head_layers, classifier)
+        _check_meta_batch_pass(self._options, classifier)
 
         if self._options.generator_input == "classifier_logits":
             # The generator reads the classifier's own current logits, not a frozen copy.
@@ -200,6 +201,7 @@ class MetaLabelNet(MetaTrainer):
             )
         new_options = self._options.replace(**changes)
         _check_head_layers(new_options.head_layers, self.classifier)
+        _check_meta_batch_pass(new_options, self.classifier)
         if new_options != self._options:
             self._options = new_options
             # Python values are constants of a traced step: trace it again.
@@ -453,12 +455,16 @@ class MetaLabelNet(MetaTrainer):
         # 5: the new soft labels ŷ', constant
         new_soft_labels = tf.stop_gradient(self.label_generator(generator_inputs, training=False))
 
-        # 6: the classifier's update, reusing the noisy batch's forward pass
+        # 6: the classifier's update, reusing the noisy batch's forward pass (and with a
+        # shared pass, λ·CE on the meta batch at θ, in the same backward pass)
+        clean = None
+        if self.clean_weight and meta_step.clean_logits is not None:
+            clean = (meta_step.clean_logits, batch.y_meta)
         loss, classifier_grads = self._classifier_gradients(
-            meta_step.virtual_step, new_soft_labels, theta
+            meta_step.virtual_step, new_soft_labels, theta, clean
         )
         new_state = meta_step.new_state
-        if self.clean_weight:
+        if self.clean_weight and clean is None:
             # ... plus λ·CE on the meta batch at θ, in a pass of its own
             clean_loss, clean_grads, new_state = self._clean_gradients(batch, theta, new_state)
             loss = loss + self.clean_weight * clean_loss
@@ -491,18 +497,22 @@ class MetaLabelNet(MetaTrainer):
     def _update_generator(self, grads):
         self.generator_optimizer.apply(grads, self.label_generator.trainable_variables)
 
-    def _classifier_gradients(self, virtual_step, soft_labels, theta):
-        """L_c(θ; ŷ') + w·L_e(θ) and its gradient, through the virtual step's forward pass."""
+    def _classifier_gradients(self, virtual_step, soft_labels, theta, clean=None):
+        """L_c(θ; ŷ') + w·L_e(θ) and its gradient, through the virtual step's forward pass;
+        with `clean`, the meta batch's `(logits, labels)` from that pass, plus λ·CE."""
         logits = virtual_step.logits
+        targets = [logits] if clean is None else [logits, clean[0]]
         with tf.GradientTape() as logits_tape:
-            logits_tape.watch(logits)
+            logits_tape.watch(targets)
             loss = self.soft_label_loss(logits, soft_labels)
             if self.entropy_weight:
                 sum_over_classes = self.loss_scale == "sum_over_classes"
                 loss = loss + self.entropy_weight * losses.entropy_loss(logits, sum_over_classes)
+            if clean is not None:
+                loss = loss + self.clean_weight * losses.meta_loss(clean[1], clean[0])
             scaled_loss = self.optimizer.scale_loss(distribute.scale_for_replicas(loss))
-        logits_grads = logits_tape.gradient(scaled_loss, logits)
-        grads = virtual_step.tape.gradient(logits, theta, output_gradients=logits_grads)
+        logits_grads = logits_tape.gradient(scaled_loss, targets)
+        grads = virtual_step.tape.gradient(targets, theta, output_gradients=logits_grads)
         return loss, grads
 
     def _clean_gradients(self, batch, theta, state):
@@ -545,6 +555,13 @@ def _option_property(name):
 
 for _name in options_lib.NAMES:
     setattr(MetaLabelNet, _name, _option_property(_name))
+
+
+def _check_meta_batch_pass(options, classifier):
+    """Builds the split of the classifier that `meta_batch_pass="shared"` runs, now, outside
+    the traced step; raises if the classifier has no such split."""
+    if options.meta_batch_pass == "shared":
+        meta_gradient.features_and_logits(classifier)
 
 
 def _check_head_layers(head_layers, classifier):

@@ -135,6 +135,12 @@ class MetaLabelNetOptions:
         clean_weight: float, λ, the weight of the meta batch's cross-entropy in the
             classifier's own update (not in the virtual step). Defaults to 0.0: the
             classifier learns from the soft labels only.
+        meta_batch_pass: `"separate"` (the meta batch runs through the classifier on its
+            own: at θ̂ for the meta loss, and again at θ for the clean term) or `"shared"`
+            (with `virtual_scope="head"` and one head layer: one forward pass of the noisy
+            and the meta batch together at θ, whose meta-batch features the meta loss and
+            the clean term share; the meta batch then shares the pass's dropout masks and
+            batch-normalisation statistics). Defaults to `"separate"`.
     """
 
     virtual_lr: float = _option(1.0, "α, the virtual step's size", COMPILE, check=_positive)
@@ -199,6 +205,11 @@ class MetaLabelNetOptions:
         0.0, "λ, the weight of the meta batch's cross-entropy in the classifier's update",
         COMPILE, check=_non_negative,
     )  # fmt: skip
+    meta_batch_pass: str = _option(
+        "separate", "the meta batch's forward passes: separate, or shared with the noisy "
+        "batch's (virtual_scope='head', one head layer)", COMPILE,
+        choices=("separate", "shared"),
+    )  # fmt: skip
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -212,6 +223,18 @@ class MetaLabelNetOptions:
                 )
             if check is not None:
                 object.__setattr__(self, field.name, check(field.name, value))
+        if self.meta_batch_pass == "shared" and (
+            self.virtual_scope != "head" or self.head_layers != 1
+            or self.meta_gradient != "nested_tapes"
+        ):  # fmt: skip
+            raise ValueError(
+                "Invalid value for argument `meta_batch_pass`. Received: "
+                f"meta_batch_pass='shared' with virtual_scope={self.virtual_scope!r}, "
+                f"head_layers={self.head_layers!r} and meta_gradient={self.meta_gradient!r}. "
+                "Expected virtual_scope='head', head_layers=1 and "
+                "meta_gradient='nested_tapes': the meta batch's features can only be shared "
+                "when the virtual step moves the output layer alone."
+            )
 
     def replace(self, **changes):
         """A copy with `changes`; names of an earlier release are translated with a warning.

@@ -221,3 +221,94 @@ def test_mixed_bfloat16_meta_gradient_is_close_to_float32():
     assert np.abs(exact).max() > 1e-5
     # bfloat16 keeps 8 bits of mantissa: a few percent of the gradient's size.
     assert np.linalg.norm(mixed - exact) < 0.1 * np.linalg.norm(exact)
+
+
+# `meta_batch_pass="shared"`: one forward pass of the noisy and the meta batch
+
+
+def tanh_classifier():
+    """No batch normalisation and no dropout: sharing the pass changes no number."""
+    inputs = keras.Input((4,))
+    x = layers.Dense(6, activation="tanh", name="features")(inputs)
+    return keras.Model(inputs, layers.Dense(NUM_CLASSES, name="logits")(x))
+
+
+def _fit_with_clean_term(meta_batch_pass, build=tanh_classifier, jit_compile=False, epochs=2):
+    keras.utils.set_random_seed(0)
+    model = mln_tf.MetaLabelNet(
+        build(), feature_layer="features", virtual_scope="head", label_input=True,
+        label_trust=2.0, generator_init="classifier_head", clean_weight=1.0,
+        loss_scale="sum_over_classes", label_loss="cross_entropy",
+        meta_batch_pass=meta_batch_pass,
+    )  # fmt: skip
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  generator_optimizer=keras.optimizers.Adam(1e-2),
+                  jit_compile=jit_compile)  # fmt: skip
+    data = mln_tf.data.with_meta(examples(0), examples(1), batch_size=8, seed=0)
+    history = model.fit(data, epochs=epochs, verbose=0).history
+    return model, history
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_the_shared_pass_trains_the_weights_the_separate_passes_train(jit_compile):
+    separate, separate_history = _fit_with_clean_term("separate", jit_compile=jit_compile)
+    shared, shared_history = _fit_with_clean_term("shared", jit_compile=jit_compile)
+    for a, b in zip(separate.weights, shared.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    for name in ("loss", "meta_loss"):
+        np.testing.assert_allclose(separate_history[name], shared_history[name], rtol=1e-5)
+    # The weights moved: the comparison is not between two untrained models.
+    start = tanh_classifier().get_layer("logits")
+    assert not np.allclose(separate.classifier.get_layer("logits").kernel.numpy(),
+                           start.kernel.numpy(), atol=1e-3)  # fmt: skip
+
+
+def test_the_shared_pass_normalises_the_noisy_and_the_meta_batch_together():
+    # One step; BN's moving mean then moves toward the mean of the dense layer's output
+    # over both batches, which the separate passes take over the noisy batch alone.
+    keras.utils.set_random_seed(0)
+    model = mln_tf.MetaLabelNet(classifier(), feature_layer="features", virtual_scope="head",
+                                clean_weight=1.0, meta_batch_pass="shared")  # fmt: skip
+    model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=False)
+    noisy_x, noisy_y = next(iter(examples(0).batch(8)))
+    meta_x, meta_y = next(iter(examples(1).batch(8)))
+    dense = model.classifier.get_layer("dense")
+    kernel, bias = dense.kernel.numpy(), dense.bias.numpy()
+    bn = model.classifier.get_layer("bn")
+    model.train_on_batch(((noisy_x, noisy_y), (meta_x, meta_y)))
+
+    both = np.concatenate([noisy_x.numpy(), meta_x.numpy()]) @ kernel + bias
+    expected = (1 - bn.momentum) * both.mean(axis=0)  # from a moving mean of 0
+    np.testing.assert_allclose(bn.moving_mean.numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"virtual_scope": "all"}, "meta_batch_pass='shared' with virtual_scope='all'"),
+        ({"virtual_scope": "head", "head_layers": 2}, "head_layers=2"),
+        (
+            {"virtual_scope": "head", "meta_gradient": "forward_mode"},
+            "meta_gradient='forward_mode'. Expected virtual_scope='head', head_layers=1 and "
+            "meta_gradient='nested_tapes'",
+        ),
+    ],
+)
+def test_the_shared_pass_needs_the_output_layer_alone_in_the_virtual_step(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        mln_tf.MetaLabelNet(classifier(), feature_layer="features", meta_batch_pass="shared",
+                            **kwargs)  # fmt: skip
+
+
+def test_the_shared_pass_refuses_a_classifier_not_ending_in_its_weighted_layer():
+    inputs = keras.Input((4,))
+    x = layers.Dense(6, activation="tanh", name="features")(inputs)
+    x = layers.Dense(NUM_CLASSES, name="logits")(x)
+    ends_in_scaling = keras.Model(inputs, layers.Rescaling(0.5, name="temperature")(x))
+    with pytest.raises(ValueError, match="whose last layer is not its one output layer with "
+                                         "trainable weights"):  # fmt: skip
+        mln_tf.MetaLabelNet(ends_in_scaling, feature_layer="features", virtual_scope="head",
+                            meta_batch_pass="shared")  # fmt: skip
+    model = mln_tf.MetaLabelNet(ends_in_scaling, feature_layer="features", virtual_scope="head")
+    with pytest.raises(ValueError, match="whose last layer is not its one output layer"):
+        model.compile(optimizer=keras.optimizers.SGD(0.1), meta_batch_pass="shared")

@@ -83,7 +83,7 @@ def test_the_model_reads_its_options_and_the_compile_rule_holds():
         assert getattr(model, name) == getattr(model.options, name)
     assert set(options.COMPILE_NAMES) == {
         "virtual_lr", "entropy_weight", "virtual_scope", "head_layers", "meta_gradient",
-        "virtual_batch", "loss_scale", "label_loss", "clean_weight",
+        "virtual_batch", "loss_scale", "label_loss", "clean_weight", "meta_batch_pass",
     }  # fmt: skip
     restored = mln_tf.MetaLabelNet.from_config(model.get_config())
     assert restored.options == model.options
