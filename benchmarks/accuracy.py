@@ -71,7 +71,7 @@ def parse_override(text):
         )
     if name in options.NAMES:
         default = getattr(options.RECOMMENDED, name)
-    elif name in ("meta_size", "validation_size", "max_train_examples"):
+    elif name in ("meta_size", "validation_size", "max_train_examples", "meta_batch_size"):
         default = 0  # `None` stands for the dataset's default (or all): the value is an int
     else:
         default = getattr(train.TrainConfig(), name)

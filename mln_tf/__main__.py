@@ -83,6 +83,9 @@ def build_parser():
     stages("--epochs", type=int, help=argparse.SUPPRESS)  # deprecated: the last epoch
     stages("--batch-size", dest="batch_size", type=int,
            help=f"batch size (default: {DEFAULTS.batch_size})")  # fmt: skip
+    stages("--meta-batch-size", dest="meta_batch_size", type=int,
+           help="meta batch size of the methods that take one at each step "
+           "(default: the batch size)")  # fmt: skip
     stages("--learning-rate", dest="learning_rates", type=float, nargs="+",
            help="classifier SGD learning rate, or one rate per interval of --lr-boundaries "
            f"(default: {DEFAULTS.learning_rates[0]})")  # fmt: skip

@@ -204,9 +204,10 @@ def _save(figure, path):
     figure.savefig(path, dpi=110)
 
 
-def prepare_out_dir(out_dir, settings):
+def prepare_out_dir(out_dir, settings, as_now=None):
     """Creates `out_dir`, checks that it is writable and that it holds no run with other
-    `settings` (a dict of JSON values), and writes them to its `config.json`."""
+    `settings` (a dict of JSON values), and writes them to its `config.json`. `as_now`, if
+    given, maps the `config.json` of an earlier release to today's fields first."""
     try:
         os.makedirs(out_dir, exist_ok=True)
         probe = os.path.join(out_dir, ".write_test")
@@ -222,6 +223,8 @@ def prepare_out_dir(out_dir, settings):
     if os.path.exists(path):
         with open(path) as f:
             previous = json.load(f)
+        if as_now is not None:
+            previous = as_now(previous)
         changed = sorted(key for key in settings if previous.get(key) != settings[key])
         if changed:
             raise ValueError(

@@ -101,7 +101,7 @@ def run(config, out_dir, verbose=1, command=None):
         The results dict written to `results.json`.
     """
     try:
-        report.prepare_out_dir(out_dir, config.to_dict())
+        report.prepare_out_dir(out_dir, config.to_dict(), as_now=TrainConfig.as_now)
         # First: splitting the CPU into logical devices must precede any TensorFlow op.
         strategy = distribute.build_strategy(config.strategy, devices=config.devices)
         if config.deterministic:
@@ -347,9 +347,7 @@ def _meta_label_net_stage(session, warm_up_dir, method="meta_label_net", options
     train = session.train
     if session.normalization is None and model.generator_input == "frozen_features":
         train = mln_data.cache_features(train, model.feature_extractor)
-    stream = mln_data.with_meta(
-        train, data.meta, config.batch_size, seed=config.seed + config.warmup_epochs
-    )
+    stream = noisy_and_meta_batches(session, train)
     history = _fit_stage(session, method, model, stream, config.warmup_epochs,
                          config.last_epoch,
                          *callbacks)  # fmt: skip
@@ -378,6 +376,15 @@ def _label_correction_sample(data, config):
     return np.sort(np.concatenate([wrong, right]))
 
 
+def noisy_and_meta_batches(session, train):
+    """The meta stage's stream of `((x, y[, features]), (x_meta, y_meta))` batches, for
+    every method that takes a meta batch at each step: the same batches for each."""
+    config = session.config
+    return mln_data.with_meta(train, session.data.meta, config.batch_size,
+                              meta_batch_size=config.meta_batch_size,
+                              seed=config.seed + config.warmup_epochs)  # fmt: skip
+
+
 def _noisy_plus_clean_stage(session, method, warm_up_dir):
     """Cross-entropy on the noisy and the meta batches together; for GLC the noisy loss is
     forward-corrected by the matrix the warm-up classifier gives on the meta set."""
@@ -397,8 +404,7 @@ def _noisy_plus_clean_stage(session, method, warm_up_dir):
         model.compile(optimizer=paper_classifier_optimizer(config.learning_rates[0]),
                       jit_compile=config.jit_compile)  # fmt: skip
     schedule.continue_optimizer(classifier.optimizer, model.optimizer)
-    stream = mln_data.with_meta(session.train, data.meta, config.batch_size,
-                                seed=config.seed + config.warmup_epochs)  # fmt: skip
+    stream = noisy_and_meta_batches(session, session.train)
     return _fit_stage(session, method, model, stream, config.warmup_epochs, config.last_epoch,
                       _evaluate(session, model.classifier, method))  # fmt: skip
 
@@ -414,8 +420,7 @@ def _meta_weight_net_stage(session, warm_up_dir):
         model.compile(optimizer=paper_classifier_optimizer(config.learning_rates[0]),
                       jit_compile=config.jit_compile)  # fmt: skip
     schedule.start_meta_stage(model, classifier)
-    stream = mln_data.with_meta(session.train, session.data.meta, config.batch_size,
-                                seed=config.seed + config.warmup_epochs)  # fmt: skip
+    stream = noisy_and_meta_batches(session, session.train)
     return _fit_stage(session, method, model, stream, config.warmup_epochs, config.last_epoch,
                       _evaluate(session, model.classifier, method))  # fmt: skip
 

@@ -90,6 +90,9 @@ class TrainConfig:
         warmup_epochs: int, the cross-entropy warm-up's epochs. Defaults to 3.
         meta_epochs: int, the meta stage's epochs, after the warm-up. Defaults to 3.
         batch_size: int. Defaults to 64.
+        meta_batch_size: optional int, the clean meta batch that each step of MetaLabelNet,
+            Meta-Weight-Net, GLC and cross-entropy on noisy + meta takes. Defaults to
+            `None`, `batch_size`.
         learning_rates: tuple of the classifier's SGD learning rates, one per interval of
             `lr_boundaries`. Defaults to `(1e-2,)`, constant.
         lr_boundaries: tuple of the 0-based epochs (counted from the warm-up's first)
@@ -134,6 +137,7 @@ class TrainConfig:
     warmup_epochs: int = 3
     meta_epochs: int = 3
     batch_size: int = 64
+    meta_batch_size: int | None = None
     learning_rates: tuple = (1e-2,)
     lr_boundaries: tuple = ()
     augment: bool = False
@@ -293,6 +297,15 @@ class TrainConfig:
                 f"Invalid value for argument `batch_size`. Received: batch_size="
                 f"{self.batch_size}. Expected a positive integer."
             )
+        if self.meta_batch_size is not None and (
+            not isinstance(self.meta_batch_size, int) or isinstance(self.meta_batch_size, bool)
+            or not 1 <= self.meta_batch_size <= self.meta_size
+        ):  # fmt: skip
+            raise ValueError(
+                f"Invalid value for argument `meta_batch_size`. Received: meta_batch_size="
+                f"{self.meta_batch_size!r}. Expected a positive integer no larger than the "
+                f"{self.meta_size} images of the meta set, or None for batch_size."
+            )
         if len(self.learning_rates) != len(self.lr_boundaries) + 1 or list(
             self.lr_boundaries
         ) != sorted(set(self.lr_boundaries)):
@@ -327,6 +340,20 @@ class TrainConfig:
     def to_dict(self):
         """The settings as plain JSON values (`config.json`)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @staticmethod
+    def as_now(saved):
+        """A `config.json` of an earlier release with the fields and options added since,
+        at the values that keep that release's behaviour: a field's default, an option's
+        value in the authors' algorithm (`mln_tf.options.PAPER`). A run started before an
+        upgrade then resumes after it."""
+        saved = dict(saved)
+        for field in dataclasses.fields(TrainConfig):
+            if field.name not in saved and field.default is not dataclasses.MISSING:
+                saved[field.name] = json.loads(json.dumps(field.default))
+        if isinstance(saved.get("options"), dict):
+            saved["options"] = {**options_lib.PAPER.to_dict(), **saved["options"]}
+        return saved
 
     def warm_up_key(self, classifier_config=None):
         """A hash of everything that shapes the warm-up's result: its settings, the

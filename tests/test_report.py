@@ -58,7 +58,9 @@ def test_importing_mln_tf_leaves_the_matplotlib_backend_alone():
 def test_committed_example_run_is_a_default_run_whose_report_follows_its_history():
     settings = json.loads((EXAMPLE_RUN / "config.json").read_text())
     results = json.loads((EXAMPLE_RUN / "results.json").read_text())
-    # The main job's defaults: when they change, the example must be run again.
+    # The main job's defaults: when they change, the example must be run again. (Fields
+    # and options added since it ran count at the values that keep its behaviour.)
+    settings = TrainConfig.as_now(settings)
     assert settings == TrainConfig().to_dict()
     assert (EXAMPLE_RUN / "report.md").read_text() == report.format_report(
         TrainConfig(**settings), results

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -328,6 +329,38 @@ def test_a_run_directory_keeps_its_settings(finished_run, capsys):
     assert "holds a run with other settings (they differ in: baselines, clean_reference" in message
 
 
+def test_a_run_of_an_earlier_release_resumes_after_an_upgrade(finished_run, tmp_path):
+    # The config.json of a release without the newest field and options: the run resumes
+    # (every stage is complete, so nothing trains) to the same results.
+    out = tmp_path / "earlier"
+    shutil.copytree(finished_run, out)
+    settings = json.loads((out / "config.json").read_text())
+    del settings["meta_batch_size"]
+    del settings["options"]["meta_batch_pass"], settings["options"]["readout_regularization"]
+    (out / "config.json").write_text(json.dumps(settings))
+    main(["train", *FULL, "--out", str(out)])
+    assert _results(out)["methods"] == _results(finished_run)["methods"]
+    # An option of that release at another value is still a change of settings.
+    settings["options"]["label_trust"] = 9.0
+    (out / "config.json").write_text(json.dumps(settings))
+    with pytest.raises(SystemExit):
+        main(["train", *FULL, "--out", str(out)])
+
+
+def test_every_method_with_a_meta_batch_takes_the_configured_one():
+    data = mln_tf.data.load_noisy("digits", noise="pair", rate=0.45, meta_size=100,
+                                  validation_size=100)  # fmt: skip
+    for meta_batch_size, expected in ((None, 32), (8, 8)):
+        config = TrainConfig(dataset="digits", noise="pair", rate=0.45, meta_size=100,
+                             validation_size=100, batch_size=32,
+                             meta_batch_size=meta_batch_size)  # fmt: skip
+        session = types.SimpleNamespace(config=config, data=data)
+        (x, _), (x_meta, y_meta) = next(iter(
+            mln_tf.train.noisy_and_meta_batches(session, data.train)
+        ))  # fmt: skip
+        assert (x.shape[0], x_meta.shape[0], y_meta.shape[0]) == (32, expected, expected)
+
+
 def test_presets_hold_the_papers_hyper_parameters():
     config = config_from_args(build_parser().parse_args(["train", "--preset", "cifar10"]))
     assert (config.architecture, config.batch_size, config.warmup_epochs, config.last_epoch) == (
@@ -409,6 +442,9 @@ def test_baselines_are_all_or_the_named_ones(capsys):
         (["--epochs", "5", "--stage2", "6"], "epochs=5 and stage2=6 disagree"),
         (["--label-trust", "-1"], "Received: label_trust=-1.0. Expected a non-negative float"),
         (["--learning-rate", "0.1", "0.01"], "Expected increasing boundaries and one more rate"),
+        (["--dataset", "digits", "--meta-batch-size", "0"],
+         "Received: meta_batch_size=0. Expected a positive integer no larger than the 100"),
+        (["--dataset", "digits", "--meta-batch-size", "101"], "Received: meta_batch_size=101"),
     ],
 )
 def test_command_line_errors_name_the_problem(options, message, tmp_path, capsys):
