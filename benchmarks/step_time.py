@@ -13,7 +13,8 @@ Variants (`VARIANTS`): `plain` is Keras' own `train_step` with sparse cross-entr
 (`mln_tf.data.cache_features`); `head` is `virtual_scope="head"` (nested tapes;
 `head_forward` with forward mode); `+clean` adds the meta batch's cross-entropy to the
 classifier's update (`clean_weight=1.0`); `+shared` does too, with the meta batch in the
-noisy batch's forward pass (`meta_batch_pass="shared"`); `+logits` has the generator read
+noisy batch's forward pass (`meta_batch_pass="shared"`); `_half` with a meta batch half the
+noisy batch's size (`meta_batch_size`); `+logits` has the generator read
 the classifier's current logits (`generator_input="classifier_logits"`); `bf16` builds the
 classifier under the `mixed_bfloat16` policy; `*_fit` runs the step the way `fit` does,
 through `model.make_train_function()` on a dataset iterator. The others call a `tf.function` of
@@ -61,6 +62,8 @@ VARIANTS = {
     "head+cache+clean": ("nested_tapes", True, "head", "float32", False),
     "head+logits+clean": ("nested_tapes", False, "head", "float32", False),
     "head+cache+shared": ("nested_tapes", True, "head", "float32", False),
+    "head+cache+clean_half": ("nested_tapes", True, "head", "float32", False),
+    "head+cache+shared_half": ("nested_tapes", True, "head", "float32", False),
     "plain_bf16": (None, False, None, "mixed_bfloat16", False),
     "nested+cache_bf16": ("nested_tapes", True, "all", "mixed_bfloat16", False),
     "head+cache_bf16": ("nested_tapes", True, "head", "mixed_bfloat16", False),
@@ -73,7 +76,11 @@ VARIANT_OPTIONS = {
     "head+cache+clean": {"clean_weight": 1.0},
     "head+logits+clean": {"generator_input": "classifier_logits", "clean_weight": 1.0},
     "head+cache+shared": {"clean_weight": 1.0, "meta_batch_pass": "shared"},
+    "head+cache+clean_half": {"clean_weight": 1.0},
+    "head+cache+shared_half": {"clean_weight": 1.0, "meta_batch_pass": "shared"},
 }
+# Variants whose meta batch is this fraction of the noisy batch (the others: the same size).
+META_BATCH_FRACTION = {"head+cache+clean_half": 0.5, "head+cache+shared_half": 0.5}
 DEFAULT_VARIANTS = tuple(VARIANTS)
 
 
@@ -117,7 +124,8 @@ def make_step(model_name, variant, jit_compile, batch_size, seed=0):
         )
         model.compile(jit_compile=jit_compile)
         noisy = (x, y, model.feature_extractor(x, training=False)) if cached else (x, y)
-        batch = (noisy, (x, y))
+        meta_size = int(batch_size * META_BATCH_FRACTION.get(variant, 1.0))
+        batch = (noisy, (x[:meta_size], y[:meta_size]))
     if through_fit:
         model.make_train_function()
         iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
