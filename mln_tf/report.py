@@ -88,10 +88,12 @@ def format_report(config, results):
         else:
             best_difference = _points(best - baseline["test_accuracy_best_on_validation"])
             final_difference = _points(final - baseline["test_accuracy_final"])
+        # Fine-tuning has no epochs on the noisy set to time.
+        seconds = "—" if method == "fine_tune" else f"{result['seconds_per_epoch']:.0f}"
         lines.append(
             f"| {METHOD_NAMES.get(method, method)} | {100 * best:.2f} | {best_difference} | "
             f"{100 * result['validation_accuracy']:.2f} | {result['best_epoch']} | "
-            f"{100 * final:.2f} | {final_difference} | {result['seconds_per_epoch']:.0f} |"
+            f"{100 * final:.2f} | {final_difference} | {seconds} |"
         )
     lines.append("")
     if warm_up["test_accuracy"] is not None:

@@ -172,6 +172,10 @@ def test_fine_tuning_keeps_the_setting_that_is_best_on_validation(finished_run):
     fine_tuned = [r for r in _history(finished_run) if r["method"] == "fine_tune"]
     assert [r["epoch"] for r in fine_tuned] == ["4"]
     assert float(fine_tuned[0]["validation_accuracy"]) == pytest.approx(max(scores), abs=1e-6)
+    # Its row of the report has no time per epoch on the noisy set.
+    row = [line for line in (finished_run / "report.md").read_text().splitlines()
+           if line.startswith("| cross-entropy, then fine-tuned on the meta set |")]  # fmt: skip
+    assert len(row) == 1 and row[0].endswith("| — |")
 
 
 def test_label_correction_is_measured_both_ways(finished_run):
