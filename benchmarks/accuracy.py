@@ -276,6 +276,37 @@ def format_markdown(summary, command):
     return "\n".join(lines) + "\n"
 
 
+def format_by_method(summary):
+    """The table at the epochs chosen on validation again, a row per method and a column
+    per setting: mean (paired Δ to cross-entropy), the best mean of each setting in bold."""
+    settings = list(summary)
+    methods = list(dict.fromkeys(method for cells in summary.values() for method in cells))
+    best = {setting: max(cell[ACCURACY_KEYS[0]]["mean"] for cell in summary[setting].values())
+            for setting in settings}  # fmt: skip
+    lines = [
+        "Best on validation, a row per method: mean over seeds (mean of the paired "
+        "differences to cross-entropy); the best mean of each setting in bold.",
+        "",
+        "| method | " + " | ".join(settings) + " |",
+        "|---|" + "---|" * len(settings),
+    ]
+    for method in methods:
+        cells = []
+        for setting in settings:
+            cell = summary[setting].get(method)
+            if cell is None:
+                cells.append("")
+                continue
+            mean = cell[ACCURACY_KEYS[0]]["mean"]
+            text = f"{mean:.2f}"
+            difference = cell.get("difference_to_cross_entropy")
+            if difference:
+                text += f" ({difference[ACCURACY_KEYS[0]]['mean']:+.2f})"
+            cells.append(f"**{text}**" if mean == best[setting] else text)
+        lines.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def build_parser():
     """The command line's parser."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -316,7 +347,7 @@ def main(argv=None):
     name = "accuracy" if args.last_epoch is None else f"accuracy_up_to_epoch{args.last_epoch}"
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(result, f, indent=2)
-    text = format_markdown(summary, command)
+    text = format_markdown(summary, command) + "\n" + format_by_method(summary)
     with open(os.path.join(args.out, f"{name}.md"), "w") as f:
         f.write(text)
     print(text)

@@ -86,6 +86,27 @@ def test_one_seed_has_no_spread():
     assert "±" not in table.split("\n", 4)[-1]
 
 
+def test_the_table_by_method_puts_each_setting_in_a_column_and_bolds_its_best():
+    def cell(mean, difference=None):
+        stats = {key: {"mean": mean, "std": None} for key in KEYS}
+        if difference is not None:
+            stats["difference_to_cross_entropy"] = {key: {"mean": difference} for key in KEYS}
+        return stats
+
+    summary = {
+        "symmetric:0.4": {"cross_entropy": cell(86.37), "meta_label_net": cell(86.30, -0.07)},
+        "pair:0.45": {"cross_entropy": cell(80.32), "meta_label_net": cell(88.77, 8.45),
+                      "gold_loss_correction": cell(89.33, 9.01)},
+    }  # fmt: skip
+    lines = accuracy.format_by_method(summary).splitlines()
+    assert lines[2] == "| method | symmetric:0.4 | pair:0.45 |"
+    assert lines[4:] == [
+        "| cross-entropy | **86.37** | 80.32 |",
+        "| MetaLabelNet | 86.30 (-0.07) | 88.77 (+8.45) |",
+        "| gold loss correction (GLC) |  | **89.33 (+9.01)** |",
+    ]
+
+
 def test_grid_arguments_are_checked():
     assert accuracy.parse_setting("pair:0.45") == ("pair", 0.45)
     assert accuracy.parse_override("virtual_lr=0.5") == ("virtual_lr", 0.5)
