@@ -218,8 +218,9 @@ class MetaLabelNet(MetaTrainer):
             **kwargs: step options of `mln_tf.options.MetaLabelNetOptions` (`virtual_lr`,
                 `entropy_weight`, `virtual_scope`, `head_layers`, `meta_gradient`,
                 `virtual_batch`, `loss_scale`, `label_loss`, `clean_weight`,
-                `meta_batch_pass`), which replace the current values; and arguments of `keras.Model.compile` (`jit_compile`,
-                `steps_per_execution`, `run_eagerly`, ...), but not `loss` or `metrics`:
+                `meta_batch_pass`), which replace the current values; and arguments of
+                `keras.Model.compile` (`jit_compile`, `steps_per_execution`,
+                `run_eagerly`, ...), but not `loss` or `metrics`:
                 MetaLabelNet computes its own. `jit_compile` defaults to Keras'
                 `"auto"`. Under a `tf.distribute` strategy Keras compiles no step with XLA:
                 `jit_compile=True` then warns and proceeds with `jit_compile=False`. XLA
