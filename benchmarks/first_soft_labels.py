@@ -61,8 +61,7 @@ def score(setting, seed):
     features = extractor.predict(data.train_images, batch_size=512, verbose=0)
     true, given = data.train_clean_labels, data.train_noisy_labels
     right = true == given
-    standardized = (meta_features - meta_features.mean(0)) / np.where(
-        meta_features.std(0) > 0, meta_features.std(0), 1.0)  # fmt: skip
+    standardized, _, _ = generator_lib.standardized_features(meta_features.astype("float64"))
     chosen = generator_lib.cross_validated_regularization(meta_features, meta_labels)
     print(f"\n{setting}, seed {seed}: cross-validation chooses C = {chosen:.3g}")
     print("| C | held-out log-loss | soft labels right | right labels broken | "

@@ -148,7 +148,7 @@ def clean_posterior_weights(features, labels, num_classes, transition_matrix=Non
 
     features = np.asarray(features, dtype="float64")
     labels = np.asarray(labels)
-    standardized, mean, scale = _standardized(features)
+    standardized, mean, scale = standardized_features(features)
     fit = LogisticRegression(C=regularization, max_iter=2000)
     fit.fit(standardized, labels)
     coef, intercept = fit.coef_, fit.intercept_
@@ -197,7 +197,7 @@ def cross_validated_regularization(features, labels, cs=READOUT_CS, folds=5, see
     folds = min(folds, int(counts.min()))
     if folds < 2 or len(counts) < 2:
         return 1.0
-    standardized, _, _ = _standardized(np.asarray(features, dtype="float64"))
+    standardized, _, _ = standardized_features(np.asarray(features, dtype="float64"))
     fit = LogisticRegressionCV(
         Cs=list(cs), cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
         scoring="neg_log_loss", max_iter=2000, l1_ratios=(0.0,), use_legacy_attributes=False,
@@ -206,7 +206,7 @@ def cross_validated_regularization(features, labels, cs=READOUT_CS, folds=5, see
     return float(np.ravel(fit.C_)[0])
 
 
-def _standardized(features):
+def standardized_features(features):
     """Features scaled to mean 0 and standard deviation 1 per column (constant columns
     unscaled), with the mean and scale."""
     mean, scale = features.mean(axis=0), features.std(axis=0)
