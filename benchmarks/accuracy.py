@@ -19,6 +19,10 @@ Usage:
 is selected on the clean validation split among its epochs up to N. That is exactly a shorter
 run, since no epoch depends on the epochs after it (the learning rate follows the epoch number).
 
+`--tabulate-only` trains nothing: it tabulates the finished cells of the grid named and stops
+with the names of the cells that are not finished. A grid run in parts (a seed per process,
+say) is tabulated this way as a whole.
+
 An ablation that changes MetaLabelNet's options only can take the cross-entropy baseline
 from an earlier grid with `--baselines-from`: that stage depends on the warm-up's settings
 and the last epoch alone, which are checked before its checkpoint is copied.
@@ -151,8 +155,14 @@ def selected_up_to(folder, results, last_epoch):
     return selection.select_epochs(warm_up_history, histories, last_epoch=last_epoch)
 
 
+def cell_folder(out_dir, noise, rate, seed):
+    """The folder of one cell of the grid."""
+    return os.path.join(out_dir, f"{noise}_{rate:g}_seed{seed}")
+
+
 def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
-             clean_reference=False, baselines_from=None, last_epoch=None):  # fmt: skip
+             clean_reference=False, baselines_from=None, last_epoch=None,
+             tabulate_only=False):  # fmt: skip
     """Runs (or reads back) every cell.
 
     Returns `{setting: {method: {"seeds": [...], key: [value per seed]}}}` for each key of
@@ -162,8 +172,23 @@ def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
     setting's cells only and reported for every setting: the split of the training images,
     and so their true labels, depends on the seed alone. With `baselines_from`, a grid
     folder, each cell copies its finished cross-entropy stage from the same cell there.
-    With `last_epoch`, each method is selected among its epochs up to that one.
+    With `last_epoch`, each method is selected among its epochs up to that one. With
+    `tabulate_only`, every cell must be finished.
+
+    Raises:
+        ValueError: with `tabulate_only`, naming the cells that are not finished.
     """
+    if tabulate_only:
+        folders = [cell_folder(out_dir, noise, rate, seed)
+                   for noise, rate in settings for seed in seeds]  # fmt: skip
+        unfinished = [folder for folder in folders
+                      if not os.path.exists(os.path.join(folder, "results.json"))]  # fmt: skip
+        if unfinished:
+            raise ValueError(
+                f"--tabulate-only: {len(unfinished)} cell(s) of the grid are not finished: "
+                f"{', '.join(unfinished)}. Run the grid without --tabulate-only to train "
+                "them, or leave their settings or seeds out."
+            )
     table = {}
     for index, (noise, rate) in enumerate(settings):
         cell_overrides = dict(overrides or {})
@@ -172,7 +197,7 @@ def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
         key = f"{noise}:{rate:g}"
         table[key] = {}
         for seed in seeds:
-            folder = os.path.join(out_dir, f"{noise}_{rate:g}_seed{seed}")
+            folder = cell_folder(out_dir, noise, rate, seed)
             results_path = os.path.join(folder, "results.json")
             if os.path.exists(results_path):
                 results = read_cell(folder)
@@ -323,6 +348,8 @@ def build_parser():
                         help="take each cell's cross-entropy stage from that grid")  # fmt: skip
     parser.add_argument("--last-epoch", type=int,
                         help="select each method among its epochs up to this one")  # fmt: skip
+    parser.add_argument("--tabulate-only", action="store_true",
+                        help="train nothing: tabulate the grid's finished cells")  # fmt: skip
     parser.add_argument("--out", default=os.path.join("benchmarks", "results", "accuracy"))
     parser.add_argument("--verbose", type=int, default=0)
     return parser
@@ -333,7 +360,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     table = run_grid(args.settings, args.seeds, args.out, dict(args.overrides), args.verbose,
                      args.preset, args.clean_reference, args.baselines_from,
-                     args.last_epoch)  # fmt: skip
+                     args.last_epoch, args.tabulate_only)  # fmt: skip
     summary = summarize(table)
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {

@@ -203,3 +203,23 @@ def test_last_epoch_tabulates_exactly_what_a_shorter_run_gives(tmp_path, monkeyp
     with pytest.raises(ValueError, match=r"--last-epoch 1 is not an epoch of the meta stage.*2–3"):
         accuracy.main([*common, "meta_epochs=2", "batch_size=32", "--last-epoch", "1",
                        "--out", str(longer)])  # fmt: skip
+
+
+def test_tabulate_only_reads_finished_cells_and_names_the_unfinished(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLN_TF_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "grid"
+    common = ["--settings", "symmetric:0.4", "--set", *TINY, "--out", str(out)]
+    accuracy.main(["--seeds", "0", *common])
+    one_seed = json.loads((out / "accuracy.json").read_text())["runs"]
+
+    (out / "symmetric_0.4_seed1").mkdir()  # a cell that was started, not finished
+    with pytest.raises(ValueError, match=r"--tabulate-only: 1 cell\(s\) of the grid are not "
+                       r"finished: .*symmetric_0\.4_seed1\. Run the grid without"):
+        accuracy.main(["--seeds", "0", "1", "--tabulate-only", *common])
+    assert not (out / "symmetric_0.4_seed1" / "results.json").exists()  # nothing trained
+
+    (out / "accuracy.json").unlink()
+    accuracy.main(["--seeds", "0", "--tabulate-only", *common])
+    again = json.loads((out / "accuracy.json").read_text())
+    assert again["runs"] == one_seed
+    assert "--tabulate-only" in again["command"]
