@@ -268,6 +268,13 @@ def summarize(table):
     return summary
 
 
+def spread(stats, sign=""):
+    """`"mean ± std"`, or the mean alone for one seed."""
+    if stats.get("std") is None:  # one seed: no spread to show
+        return f"{stats['mean']:{sign}.2f}"
+    return f"{stats['mean']:{sign}.2f} ± {stats['std']:.2f}"
+
+
 def format_markdown(summary, command):
     lines = [
         f"`{command}`",
@@ -281,11 +288,6 @@ def format_markdown(summary, command):
         "| setting | method | best on validation | Δ | final | Δ | seeds |",
         "|---|---|---|---|---|---|---|",
     ]
-
-    def spread(stats, sign=""):
-        if stats["std"] is None:  # one seed: no spread to show
-            return f"{stats['mean']:{sign}.2f}"
-        return f"{stats['mean']:{sign}.2f} ± {stats['std']:.2f}"
 
     for setting, cells in summary.items():
         for method, cell in cells.items():
@@ -301,16 +303,18 @@ def format_markdown(summary, command):
     return "\n".join(lines) + "\n"
 
 
-def format_by_method(summary):
-    """The table at the epochs chosen on validation again, a row per method and a column
-    per setting: mean (paired Δ to cross-entropy), the best mean of each setting in bold."""
+def format_by_method(summary, key=ACCURACY_KEYS[0]):
+    """The table again at one of `ACCURACY_KEYS`, a row per method and a column per setting:
+    mean ± sd over seeds (paired Δ to cross-entropy, mean ± sd), the best mean of each
+    setting in bold."""
     settings = list(summary)
     methods = list(dict.fromkeys(method for cells in summary.values() for method in cells))
-    best = {setting: max(cell[ACCURACY_KEYS[0]]["mean"] for cell in summary[setting].values())
+    best = {setting: max(cell[key]["mean"] for cell in summary[setting].values())
             for setting in settings}  # fmt: skip
+    epoch = {ACCURACY_KEYS[0]: "Best on validation", ACCURACY_KEYS[1]: "Final epoch"}[key]
     lines = [
-        "Best on validation, a row per method: mean over seeds (mean of the paired "
-        "differences to cross-entropy); the best mean of each setting in bold.",
+        f"{epoch}, a row per method: mean ± sd over seeds (paired difference to "
+        "cross-entropy, mean ± sd); the best mean of each setting in bold.",
         "",
         "| method | " + " | ".join(settings) + " |",
         "|---|" + "---|" * len(settings),
@@ -322,12 +326,11 @@ def format_by_method(summary):
             if cell is None:
                 cells.append("")
                 continue
-            mean = cell[ACCURACY_KEYS[0]]["mean"]
-            text = f"{mean:.2f}"
+            text = spread(cell[key])
             difference = cell.get("difference_to_cross_entropy")
             if difference:
-                text += f" ({difference[ACCURACY_KEYS[0]]['mean']:+.2f})"
-            cells.append(f"**{text}**" if mean == best[setting] else text)
+                text += f" ({spread(difference[key], '+')})"
+            cells.append(f"**{text}**" if cell[key]["mean"] == best[setting] else text)
         lines.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -374,7 +377,8 @@ def main(argv=None):
     name = "accuracy" if args.last_epoch is None else f"accuracy_up_to_epoch{args.last_epoch}"
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(result, f, indent=2)
-    text = format_markdown(summary, command) + "\n" + format_by_method(summary)
+    text = "\n".join([format_markdown(summary, command),
+                      *(format_by_method(summary, key) for key in ACCURACY_KEYS)])  # fmt: skip
     with open(os.path.join(args.out, f"{name}.md"), "w") as f:
         f.write(text)
     print(text)

@@ -87,10 +87,11 @@ def test_one_seed_has_no_spread():
 
 
 def test_the_table_by_method_puts_each_setting_in_a_column_and_bolds_its_best():
-    def cell(mean, difference=None):
-        stats = {key: {"mean": mean, "std": None} for key in KEYS}
+    def cell(mean, difference=None, std=None):
+        stats = {key: {"mean": mean, "std": std} for key in KEYS}
         if difference is not None:
-            stats["difference_to_cross_entropy"] = {key: {"mean": difference} for key in KEYS}
+            stats["difference_to_cross_entropy"] = {key: {"mean": difference, "std": std}
+                                                    for key in KEYS}  # fmt: skip
         return stats
 
     summary = {
@@ -105,6 +106,13 @@ def test_the_table_by_method_puts_each_setting_in_a_column_and_bolds_its_best():
         "| MetaLabelNet | 86.30 (-0.07) | 88.77 (+8.45) |",
         "| gold loss correction (GLC) |  | **89.33 (+9.01)** |",
     ]
+    assert lines[0].startswith("Best on validation, a row per method")
+
+    # With seeds: the spread of each mean and of each paired difference.
+    summary["pair:0.45"]["meta_label_net"] = cell(88.77, 8.45, std=0.5)
+    final = accuracy.format_by_method(summary, KEYS[1]).splitlines()
+    assert final[0].startswith("Final epoch, a row per method")
+    assert final[5] == "| MetaLabelNet | 86.30 (-0.07) | 88.77 ± 0.50 (+8.45 ± 0.50) |"
 
 
 def test_grid_arguments_are_checked():
