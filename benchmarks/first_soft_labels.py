@@ -9,9 +9,15 @@ labelled images moved off their label (broken), and the share of wrongly labelle
 their true class (fixed). It also prints each C's 5-fold cross-validated log-loss on the meta
 set and the C that `readout_regularization="cross_validated"` chooses.
 
+With `--experts`, a second table puts other estimates of p(y | x) into the same posterior
+(C = 1): the warmed-up classifier's own softmax, which is the target that Gold Loss
+Correction's forward-corrected loss trains towards at its first step (its gradient in the
+logits is p − q, q ∝ p·T[·, ỹ]), and the normalised geometric mean of the two.
+
 Usage:
 
     python benchmarks/first_soft_labels.py --settings symmetric:0.4 feature_dependent:0.4
+    python benchmarks/first_soft_labels.py --settings pair:0.45 --experts
 """
 
 import argparse
@@ -47,7 +53,39 @@ def warmed_up(config):
     return data, classifier
 
 
-def score(setting, seed):
+def log_softmax(logits):
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def print_scores(name, log_prior, label_weights, true, given):
+    """One row: p(y | x)'s accuracy, and its posterior with the given label's."""
+    right = true == given
+    predicted = (log_prior + label_weights[given]).argmax(axis=1)
+    print(f"| {name} | {100 * np.mean(log_prior.argmax(axis=1) == true):.1f} % | "
+          f"{100 * np.mean(predicted == true):.1f} % | "
+          f"{100 * np.mean(predicted[right] != true[right]):.1f} % | "
+          f"{100 * np.mean(predicted[~right] == true[~right]):.1f} % |")  # fmt: skip
+
+
+def score_experts(classifier, features, meta_features, meta_labels, matrix, data):
+    """The posterior with p(y | x) from the read-out, the classifier, and both."""
+    (kernel, bias), label_weights = generator_lib.clean_posterior_weights(
+        meta_features, meta_labels, data.num_classes, matrix
+    )
+    readout = log_softmax(features @ kernel + bias)
+    logits = classifier.predict(data.train_images, batch_size=512, verbose=0)
+    own = log_softmax(logits.astype("float64"))
+    true, given = data.train_clean_labels, data.train_noisy_labels
+    print("\n| p(y \\| x) from | its accuracy | soft labels right | right labels broken | "
+          "wrong labels fixed |\n|---|---|---|---|---|")  # fmt: skip
+    print_scores("the clean read-out (C = 1)", readout, label_weights, true, given)
+    print_scores("the warmed-up classifier", own, label_weights, true, given)
+    print_scores("their geometric mean", log_softmax((readout + own) / 2), label_weights,
+                 true, given)  # fmt: skip
+
+
+def score(setting, seed, experts=False):
     noise_name, rate = setting.split(":")
     config = train.TrainConfig.from_settings(noise=noise_name, rate=float(rate), seed=seed)
     data, classifier = warmed_up(config)
@@ -78,15 +116,19 @@ def score(setting, seed):
         print(f"| {c:.3g} | {log_loss:.3f} | {100 * np.mean(predicted == true):.1f} % | "
               f"{100 * np.mean(predicted[right] != true[right]):.1f} % | "
               f"{100 * np.mean(predicted[~right] == true[~right]):.1f} % |")
+    if experts:
+        score_experts(classifier, features, meta_features, meta_labels, matrix, data)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", default=["feature_dependent:0.4"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--experts", action="store_true",
+                        help="also score the posterior on the classifier's softmax")  # fmt: skip
     args = parser.parse_args()
     for setting in args.settings:
-        score(setting, args.seed)
+        score(setting, args.seed, args.experts)
 
 
 if __name__ == "__main__":
