@@ -18,11 +18,14 @@ Usage:
 
     python benchmarks/first_soft_labels.py --settings symmetric:0.4 feature_dependent:0.4
     python benchmarks/first_soft_labels.py --settings pair:0.45 --experts
+    python benchmarks/first_soft_labels.py --settings pair:0.45 --experts \\
+        --after benchmarks/results/contest
 """
 
 import argparse
 import json
 import os
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -34,6 +37,21 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict  # noqa: 
 from mln_tf import classifiers, clean_baselines, noise, train  # noqa: E402
 from mln_tf import label_generator as generator_lib  # noqa: E402
 from mln_tf.callbacks import EpochCheckpoint  # noqa: E402
+from mln_tf.report import METHOD_NAMES  # noqa: E402
+
+# The meta stages whose final classifiers `--after` scores, when the cell has them.
+TRAINED_STAGES = ("meta_label_net", "gold_loss_correction", "cross_entropy_clean",
+                  "cross_entropy")  # fmt: skip
+
+
+class _StageWeights(keras.Model):
+    """Holds a classifier where a stage's model holds it, to read its weights from the
+    stage's checkpoint (the stage's other weights stay in the file)."""
+
+    def __init__(self, classifier):
+        super().__init__()
+        self.classifier = classifier
+        self.built = True
 
 
 def warmed_up(config):
@@ -68,8 +86,10 @@ def print_scores(name, log_prior, label_weights, true, given):
           f"{100 * np.mean(predicted[~right] == true[~right]):.1f} % |")  # fmt: skip
 
 
-def score_experts(classifier, features, meta_features, meta_labels, matrix, data):
-    """The posterior with p(y | x) from the read-out, the classifier, and both."""
+def score_experts(classifier, features, meta_features, meta_labels, matrix, data,
+                  after=None, config=None):  # fmt: skip
+    """The posterior with p(y | x) from the read-out, the classifier, and both; with
+    `after`, a grid folder, also from the classifiers its cell's meta stages ended with."""
     (kernel, bias), label_weights = generator_lib.clean_posterior_weights(
         meta_features, meta_labels, data.num_classes, matrix
     )
@@ -83,9 +103,26 @@ def score_experts(classifier, features, meta_features, meta_labels, matrix, data
     print_scores("the warmed-up classifier", own, label_weights, true, given)
     print_scores("their geometric mean", log_softmax((readout + own) / 2), label_weights,
                  true, given)  # fmt: skip
+    if after is None:
+        return
+    cell = os.path.join(after, f"{config.noise}_{config.rate:g}_seed{config.seed}", "stages")
+    last = config.warmup_epochs + config.meta_epochs
+    for stage in TRAINED_STAGES:
+        path = os.path.join(cell, stage, f"epoch{last}.weights.h5")
+        if not os.path.exists(path):
+            continue
+        if stage == "cross_entropy":  # its checkpoint is the classifier's own
+            classifier.load_weights(path)
+        else:  # the stage model's own variables (a seed, a step count) are not needed
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "A total of 1 objects could not be loaded")
+                _StageWeights(classifier).load_weights(path, skip_mismatch=True)
+        logits = classifier.predict(data.train_images, batch_size=512, verbose=0)
+        print_scores(f"{METHOD_NAMES.get(stage, stage)}, after epoch {last}",
+                     log_softmax(logits.astype("float64")), label_weights, true, given)  # fmt: skip
 
 
-def score(setting, seed, experts=False):
+def score(setting, seed, experts=False, after=None):
     noise_name, rate = setting.split(":")
     config = train.TrainConfig.from_settings(noise=noise_name, rate=float(rate), seed=seed)
     data, classifier = warmed_up(config)
@@ -117,7 +154,8 @@ def score(setting, seed, experts=False):
               f"{100 * np.mean(predicted[right] != true[right]):.1f} % | "
               f"{100 * np.mean(predicted[~right] == true[~right]):.1f} % |")
     if experts:
-        score_experts(classifier, features, meta_features, meta_labels, matrix, data)
+        score_experts(classifier, features, meta_features, meta_labels, matrix, data, after,
+                      config)  # fmt: skip
 
 
 def main():
@@ -126,9 +164,11 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--experts", action="store_true",
                         help="also score the posterior on the classifier's softmax")  # fmt: skip
+    parser.add_argument("--after", metavar="GRID",
+                        help="with --experts: also the classifiers of GRID's stages")  # fmt: skip
     args = parser.parse_args()
     for setting in args.settings:
-        score(setting, args.seed, args.experts)
+        score(setting, args.seed, args.experts, args.after)
 
 
 if __name__ == "__main__":
