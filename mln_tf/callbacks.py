@@ -94,6 +94,18 @@ class EvaluateEachEpoch(keras.callbacks.Callback):
                 np.save(path, predictions.astype(np.int16))
 
 
+class RefreshLabelGenerator(keras.callbacks.Callback):
+    """Restarts MetaLabelNet's label generator from its classifier at the end of every
+    epoch (`MetaLabelNet.refresh_label_generator`).
+
+    `MetaLabelNet.fit` puts it first in the callbacks when `generator_refresh="each_epoch"`,
+    so that the callbacks after it, a checkpoint's among them, see the refreshed generator.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.refresh_label_generator()
+
+
 class LabelCorrection(keras.callbacks.Callback):
     """Logs what the label generator does to the given labels: the wrong ones it fixes and
     the right ones it breaks.

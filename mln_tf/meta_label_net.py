@@ -13,6 +13,7 @@ import tensorflow as tf
 from mln_tf import clean_baselines, distribute, losses, meta_gradient, training_batch
 from mln_tf import label_generator as generator_lib
 from mln_tf import options as options_lib
+from mln_tf.callbacks import RefreshLabelGenerator
 from mln_tf.classifier_trainer import MetaTrainer, built_optimizer, serialize_model
 from mln_tf.optimizers import paper_generator_optimizer
 
@@ -134,6 +135,17 @@ class MetaLabelNet(MetaTrainer):
         _check_head_layers(self._options.head_layers, classifier)
         _check_meta_batch_pass(self._options, classifier)
 
+        if self._options.generator_refresh != "never" and feature_extractor is not None:
+            names = {layer.name for layer in classifier.layers}
+            foreign = [layer.name for layer in feature_extractor.layers
+                       if layer.weights and layer.name not in names]  # fmt: skip
+            if foreign:
+                raise ValueError(
+                    f"generator_refresh={self._options.generator_refresh!r} cuts the feature "
+                    "extractor again from the classifier, but the `feature_extractor=` passed "
+                    f"in has layers that are not the classifier's: {', '.join(foreign)}. "
+                    "Leave it out (and pass `feature_layer=`)."
+                )
         if self._options.generator_input == "classifier_logits":
             # The generator reads the classifier's own current logits, not a frozen copy.
             feature_extractor = classifier
@@ -163,6 +175,8 @@ class MetaLabelNet(MetaTrainer):
         else:
             self.label_generator = label_generator
 
+        if self._options.generator_refresh != "never":
+            self._refreshed_head_weights()  # raises now if the head cannot seed W and b
         self.generator_optimizer = built_optimizer(
             generator_optimizer or paper_generator_optimizer(self.generator_learning_rate),
             self.label_generator.trainable_variables,
@@ -291,6 +305,43 @@ class MetaLabelNet(MetaTrainer):
             return  # the generator reads the classifier itself
         generator_lib.refresh_feature_extractor(self.feature_extractor, self.classifier)
 
+    def refresh_label_generator(self):
+        """Restarts the generator from the classifier as it is now, keeping V.
+
+        The frozen extractor is cut again from the classifier's current weights, and W and b
+        become the classifier's last layer, so that softmax(W·h(x) + b) is the classifier's
+        own prediction (in inference mode) and the soft labels its posterior with the given
+        label's row of V. `generator_refresh="each_epoch"` calls this at the end of every
+        epoch of `fit`. Features cached with `mln_tf.data.cache_features` are then stale.
+
+        Raises:
+            ValueError: if the extractor's features are not the input of the classifier's
+                last layer, or that layer is not a linear Dense layer.
+        """
+        self.refresh_feature_extractor()
+        num_features = self.feature_extractor.output_shape[-1]
+        generator_lib.initialize_label_generator(
+            self.label_generator, num_features, self._refreshed_head_weights()
+        )
+
+    def _refreshed_head_weights(self):
+        """The classifier's last layer as the generator's `(W, b)`, checked to read the
+        extractor's features."""
+        head = self.classifier.layers[-1]
+        if self.feature_layer is not None and (
+            _inference_source(head.input) is not self.classifier.get_layer(self.feature_layer)
+        ):  # fmt: skip
+            raise ValueError(
+                f"generator_refresh={self.generator_refresh!r} restarts the generator from the "
+                f"classifier's last layer {head.name!r}, which must read the features the "
+                f"generator reads, but feature_layer={self.feature_layer!r} is not its input. "
+                "Pass the name of the layer that feeds the last layer, or leave "
+                "`feature_layer` out."
+            )
+        return generator_lib.head_weights(
+            head, self.feature_extractor.output_shape[-1], self.num_classes
+        )
+
     def initialize_label_generator(self, meta_data=None, noisy_data=None):
         """Sets the generator's weights as `generator_init` and `label_trust` say, now.
 
@@ -380,6 +431,11 @@ class MetaLabelNet(MetaTrainer):
 
     def fit(self, *args, **kwargs):
         self._check_generator_initialized()
+        if self.generator_refresh == "each_epoch":
+            # First, so that a checkpoint at the epoch's end holds the refreshed generator.
+            callbacks = kwargs.get("callbacks") or []
+            if not any(isinstance(c, RefreshLabelGenerator) for c in callbacks):
+                kwargs["callbacks"] = [RefreshLabelGenerator(), *callbacks]
         return super().fit(*args, **kwargs)
 
     def train_on_batch(self, *args, **kwargs):
@@ -491,6 +547,13 @@ class MetaLabelNet(MetaTrainer):
             features = tf.stop_gradient(tf.cast(logits, self.label_generator.compute_dtype))
         elif batch.features is None:
             features = self.feature_extractor(batch.x, training=False)
+        elif self.generator_refresh != "never":
+            raise ValueError(
+                "The training batches carry cached frozen features, but this MetaLabelNet "
+                f"refreshes its feature extractor (generator_refresh="
+                f"{self.generator_refresh!r}), which would leave them stale. Train on batches "
+                "without features (no `mln_tf.data.cache_features`)."
+            )
         else:
             features = tf.cast(batch.features, self.label_generator.compute_dtype)
         return self.generator_inputs(features, batch.y)
@@ -556,6 +619,21 @@ def _option_property(name):
 
 for _name in options_lib.NAMES:
     setattr(MetaLabelNet, _name, _option_property(_name))
+
+
+# Layers that pass their input through unchanged in inference mode.
+_INFERENCE_IDENTITIES = (keras.layers.Dropout, keras.layers.SpatialDropout1D,
+                         keras.layers.SpatialDropout2D, keras.layers.SpatialDropout3D,
+                         keras.layers.GaussianDropout, keras.layers.GaussianNoise,
+                         keras.layers.AlphaDropout)  # fmt: skip
+
+
+def _inference_source(tensor):
+    """The layer whose output `tensor` is in inference mode, past dropout and noise layers."""
+    layer = tensor._keras_history.operation
+    while isinstance(layer, _INFERENCE_IDENTITIES):
+        layer = layer.input._keras_history.operation
+    return layer
 
 
 def _check_meta_batch_pass(options, classifier):

@@ -128,6 +128,13 @@ class MetaLabelNetOptions:
             C = 1) or `"cross_validated"` (C chosen among `label_generator.READOUT_CS` by
             5-fold cross-validated log-loss on the meta set, so that p(y | x) is not
             over-confident). Defaults to `"fixed"`.
+        generator_refresh: `"never"` or `"each_epoch"`: at the end of every epoch the frozen
+            feature extractor is cut again from the classifier and the generator's W and b
+            are reset to the classifier's last layer (V, and what the meta-gradient taught
+            it, is kept), so that each epoch's soft labels start at the posterior
+            p_θ(y | x)·exp(V[ỹ, y]) of the classifier as it then is. Needs
+            `generator_input="frozen_features"` cut from the classifier at the input of its
+            last layer, and batches without cached features. Defaults to `"never"`.
         loss_scale: `"mean"` (L_c and L_e averaged over B×C) or `"sum_over_classes"`
             (summed over classes, averaged over the batch). Defaults to `"mean"`.
         label_loss: `"reverse_kl"`, KL(p‖ŷ), or `"cross_entropy"`, −Σ ŷ log p. Defaults to
@@ -193,6 +200,11 @@ class MetaLabelNetOptions:
         "by cross-validated log-loss on the meta set", GENERATOR,
         choices=("fixed", "cross_validated"),
     )  # fmt: skip
+    generator_refresh: str = _option(
+        "never", "when the generator restarts from the classifier's current features and "
+        "last layer, keeping V: never or at each epoch's end", GENERATOR,
+        choices=("never", "each_epoch"),
+    )  # fmt: skip
     loss_scale: str = _option(
         "mean", "the reduction of the soft-label and entropy losses", COMPILE,
         choices=("mean", "sum_over_classes"),
@@ -234,6 +246,15 @@ class MetaLabelNetOptions:
                 "Expected virtual_scope='head', head_layers=1 and "
                 "meta_gradient='nested_tapes': the meta batch's features can only be shared "
                 "when the virtual step moves the output layer alone."
+            )
+
+        if self.generator_refresh != "never" and self.generator_input != "frozen_features":
+            raise ValueError(
+                "Invalid value for argument `generator_refresh`. Received: "
+                f"generator_refresh={self.generator_refresh!r} with "
+                f"generator_input={self.generator_input!r}. Expected "
+                "generator_input='frozen_features': the refresh cuts the frozen feature "
+                "extractor again from the classifier."
             )
 
     def replace(self, **changes):

@@ -345,7 +345,8 @@ def _meta_label_net_stage(session, warm_up_dir, method="meta_label_net", options
         callbacks.insert(0, correction)
     # Without augmentation the frozen features are computed once, not at every step.
     train = session.train
-    if session.normalization is None and model.generator_input == "frozen_features":
+    if (session.normalization is None and model.generator_input == "frozen_features"
+            and model.generator_refresh == "never"):  # fmt: skip
         train = mln_data.cache_features(train, model.feature_extractor)
     stream = noisy_and_meta_batches(session, train)
     history = _fit_stage(session, method, model, stream, config.warmup_epochs,

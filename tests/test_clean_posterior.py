@@ -303,3 +303,104 @@ def test_noisy_labels_estimate_sets_v_from_the_read_outs_posterior_on_the_noisy_
     counts = posterior.T @ np.eye(NUM_CLASSES)[given]
     expected = np.log(np.maximum(counts / counts.sum(axis=1, keepdims=True), 1e-4)).T
     np.testing.assert_allclose(kernel[NUM_FEATURES:], expected, rtol=1e-4, atol=1e-4)
+
+
+# The generator restarted from the classifier at each epoch's end (`generator_refresh`)
+
+
+def test_each_epoch_ends_with_the_generator_at_the_classifiers_own_posterior(tmp_path):
+    images, labels = meta_set(size=96)
+    model = posterior_model((images, labels), generator_refresh="each_epoch",
+                            generator_learning_rate=0.05)  # fmt: skip
+    model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=False)
+    label_weights_before = model.label_generator.get_weights()[0][NUM_FEATURES:].copy()
+    noisy = tf.data.Dataset.from_tensor_slices((images[:48], labels[:48])).batch(12)
+    meta = tf.data.Dataset.from_tensor_slices((images[48:], labels[48:])).batch(12)
+    model.fit(tf.data.Dataset.zip((noisy, meta)), epochs=1, verbose=0)
+
+    # The extractor holds the classifier's weights again, W and b are its last layer ...
+    for layer in [layer for layer in model.feature_extractor.layers if layer.weights]:
+        for a, b in zip(layer.get_weights(), model.classifier.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    kernel, bias = model.label_generator.get_weights()
+    head_kernel, head_bias = model.classifier.get_layer("logits").get_weights()
+    np.testing.assert_array_equal(kernel[:NUM_FEATURES], head_kernel)
+    np.testing.assert_array_equal(bias, head_bias)
+    # ... and V is what the meta-gradient made of it, not reset.
+    label_weights = kernel[NUM_FEATURES:]
+    assert np.abs(label_weights - label_weights_before).max() > 1e-4
+    # The soft labels: softmax(f_θ(x) + V[ỹ]), the classifier's posterior, computed here.
+    x, given = images[:6], np.array([0, 1, 2, 2, 1, 0])
+    logits = model.classifier.predict(x, verbose=0).astype("float64")
+    np.testing.assert_allclose(model.predict_soft_labels(x, given),
+                               softmax(logits + label_weights[given]), rtol=1e-4,
+                               atol=1e-6)  # fmt: skip
+
+
+def test_a_refresh_is_in_the_checkpoint_and_a_resumed_run_trains_the_same_weights(tmp_path):
+    from mln_tf.callbacks import EpochCheckpoint
+
+    images, labels = meta_set(size=96)
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    def run(directory, *callbacks):
+        keras.utils.set_random_seed(3)
+        model = posterior_model((images, labels), generator_refresh="each_epoch")
+        model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=False)
+        checkpoint = EpochCheckpoint(str(directory))
+        epoch, _ = checkpoint.restore(model)
+        noisy = tf.data.Dataset.from_tensor_slices((images[:48], labels[:48])).batch(12)
+        meta = tf.data.Dataset.from_tensor_slices((images[48:], labels[48:])).batch(12)
+        model.fit(tf.data.Dataset.zip((noisy, meta)), epochs=2, initial_epoch=epoch,
+                  callbacks=[checkpoint, *callbacks], verbose=0)  # fmt: skip
+        return model
+
+    straight = run(tmp_path / "straight")
+    run(tmp_path / "interrupted", StopAfterFirstEpoch())
+    resumed = run(tmp_path / "interrupted")
+    for a, b in zip(resumed.get_weights(), straight.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_refresh_refuses_what_it_cannot_restart_from():
+    images, labels = meta_set()
+    with pytest.raises(ValueError, match="Expected generator_input='frozen_features'"):
+        logits_model((images, labels), generator_refresh="each_epoch")
+    inputs = keras.Input((4,))
+    hidden = layers.Dense(NUM_FEATURES, activation="tanh", name="features")(inputs)
+    more = layers.Dense(NUM_FEATURES, activation="tanh", name="more")(hidden)
+    classifier = keras.Model(inputs, layers.Dense(NUM_CLASSES, name="logits")(more))
+    with pytest.raises(ValueError, match="feature_layer='features' is not its input"):
+        mln_tf.MetaLabelNet(classifier, feature_layer="features", generator_refresh="each_epoch")
+    other = tanh_classifier()
+    extractor = keras.Sequential([keras.Input((4,)), layers.Dense(NUM_FEATURES, name="other")])
+    with pytest.raises(ValueError, match="has layers that are not the classifier's: other"):
+        mln_tf.MetaLabelNet(other, feature_extractor=extractor,
+                            generator_refresh="each_epoch")  # fmt: skip
+
+    model = posterior_model((images, labels), generator_refresh="each_epoch")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=False)
+    features = np.zeros((12, NUM_FEATURES), "float32")
+    with pytest.raises(ValueError, match="which would leave them stale"):
+        model.train_on_batch(((images[:12], labels[:12], features),
+                              (images[12:24], labels[12:24])))  # fmt: skip
+
+
+def test_the_train_job_refreshes_the_generator_from_the_classifier_it_saves(tmp_path):
+    config = mln_tf.train.TrainConfig(
+        dataset="digits", noise="symmetric", rate=0.4, warmup_epochs=1, meta_epochs=2,
+        batch_size=32, jit_compile=False, warm_up_cache=False,
+        options=mln_tf.options.RECOMMENDED.replace(generator_refresh="each_epoch"),
+    )  # fmt: skip
+    results = mln_tf.train.run(config, str(tmp_path), verbose=0)
+    assert results["methods"]["meta_label_net"]["test_accuracy_final"] > 0.5
+    model = keras.saving.load_model(tmp_path / "meta_label_net.keras")
+    assert model.generator_refresh == "each_epoch"
+    num_features = model.feature_extractor.output_shape[-1]
+    kernel, bias = model.label_generator.get_weights()
+    head_kernel, head_bias = model.classifier.layers[-1].get_weights()
+    np.testing.assert_array_equal(kernel[:num_features], head_kernel)
+    np.testing.assert_array_equal(bias, head_bias)
