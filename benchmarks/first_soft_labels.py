@@ -48,9 +48,11 @@ class _StageWeights(keras.Model):
     """Holds a classifier where a stage's model holds it, to read its weights from the
     stage's checkpoint (the stage's other weights stay in the file)."""
 
-    def __init__(self, classifier):
+    def __init__(self, classifier, **parts):
         super().__init__()
         self.classifier = classifier
+        for name, part in parts.items():  # MetaLabelNet's extractor and generator
+            setattr(self, name, part)
         self.built = True
 
 
@@ -111,15 +113,31 @@ def score_experts(classifier, features, meta_features, meta_labels, matrix, data
         path = os.path.join(cell, stage, f"epoch{last}.weights.h5")
         if not os.path.exists(path):
             continue
+        parts = {}
+        if stage == "meta_label_net":
+            parts = {"feature_extractor": generator_lib.freeze_feature_extractor(
+                         classifier, classifiers.FEATURE_LAYER),
+                     "label_generator": generator_lib.build_label_generator(
+                         features.shape[1], data.num_classes, label_input=True)}  # fmt: skip
         if stage == "cross_entropy":  # its checkpoint is the classifier's own
             classifier.load_weights(path)
         else:  # the stage model's own variables (a seed, a step count) are not needed
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "A total of 1 objects could not be loaded")
-                _StageWeights(classifier).load_weights(path, skip_mismatch=True)
+                _StageWeights(classifier, **parts).load_weights(path, skip_mismatch=True)
+        name = f"{METHOD_NAMES.get(stage, stage)}, after epoch {last}"
+        if parts:
+            stage_features = parts["feature_extractor"].predict(data.train_images,
+                                                                batch_size=512, verbose=0)
+            inputs = generator_lib.generator_inputs(stage_features, given, data.num_classes,
+                                                    label_input=True)  # fmt: skip
+            soft_labels = parts["label_generator"].predict(inputs, batch_size=512, verbose=0)
+            # Its soft labels already read the given label: no V to add.
+            print_scores(f"{name}: its generator's soft labels", np.log(soft_labels + 1e-12),
+                         np.zeros_like(label_weights), true, given)  # fmt: skip
         logits = classifier.predict(data.train_images, batch_size=512, verbose=0)
-        print_scores(f"{METHOD_NAMES.get(stage, stage)}, after epoch {last}",
-                     log_softmax(logits.astype("float64")), label_weights, true, given)  # fmt: skip
+        print_scores(name, log_softmax(logits.astype("float64")), label_weights, true,
+                     given)  # fmt: skip
 
 
 def score(setting, seed, experts=False, after=None):
