@@ -47,17 +47,41 @@ def freeze_feature_extractor(classifier, feature_layer):
     return extractor
 
 
+def check_cut_from(extractor, classifier):
+    """Raises a `ValueError` naming the extractor's layers with weights that are not the
+    classifier's: only an extractor cut from the classifier can be refreshed."""
+    names = {layer.name for layer in classifier.layers}
+    foreign = [layer.name for layer in extractor.layers
+               if layer.weights and layer.name not in names]  # fmt: skip
+    if foreign:
+        raise ValueError(
+            f"The feature extractor's layer {foreign[0]!r} is not a layer of the "
+            "classifier: only an extractor cut from the classifier can be refreshed."
+        )
+
+
 def refresh_feature_extractor(extractor, classifier):
     """Copies `classifier`'s current weights into an extractor cut from it."""
-    names = {layer.name for layer in classifier.layers}
+    check_cut_from(extractor, classifier)
     for layer in extractor.layers:
-        if layer.weights and layer.name not in names:
-            raise ValueError(
-                f"The feature extractor's layer {layer.name!r} is not a layer of the "
-                "classifier: only an extractor cut from the classifier can be refreshed."
-            )
         if layer.weights:
             layer.set_weights(classifier.get_layer(layer.name).get_weights())
+
+
+# Layers that pass their input through unchanged in inference mode.
+_INFERENCE_IDENTITIES = (keras.layers.Dropout, keras.layers.SpatialDropout1D,
+                         keras.layers.SpatialDropout2D, keras.layers.SpatialDropout3D,
+                         keras.layers.GaussianDropout, keras.layers.GaussianNoise,
+                         keras.layers.AlphaDropout)  # fmt: skip
+
+
+def feeds_head(classifier, feature_layer):
+    """Whether `feature_layer`'s output is, in inference mode, the input of the
+    classifier's last layer (dropout and noise layers between count as identities)."""
+    layer = classifier.layers[-1].input._keras_history.operation
+    while isinstance(layer, _INFERENCE_IDENTITIES):
+        layer = layer.input._keras_history.operation
+    return layer is classifier.get_layer(feature_layer)
 
 
 def build_label_generator(num_features, num_classes, label_input=False):

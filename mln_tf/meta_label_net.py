@@ -136,16 +136,7 @@ class MetaLabelNet(MetaTrainer):
         _check_meta_batch_pass(self._options, classifier)
 
         if self._options.generator_refresh != "never" and feature_extractor is not None:
-            names = {layer.name for layer in classifier.layers}
-            foreign = [layer.name for layer in feature_extractor.layers
-                       if layer.weights and layer.name not in names]  # fmt: skip
-            if foreign:
-                raise ValueError(
-                    f"generator_refresh={self._options.generator_refresh!r} cuts the feature "
-                    "extractor again from the classifier, but the `feature_extractor=` passed "
-                    f"in has layers that are not the classifier's: {', '.join(foreign)}. "
-                    "Leave it out (and pass `feature_layer=`)."
-                )
+            generator_lib.check_cut_from(feature_extractor, classifier)
         if self._options.generator_input == "classifier_logits":
             # The generator reads the classifier's own current logits, not a frozen copy.
             feature_extractor = classifier
@@ -328,9 +319,9 @@ class MetaLabelNet(MetaTrainer):
         """The classifier's last layer as the generator's `(W, b)`, checked to read the
         extractor's features."""
         head = self.classifier.layers[-1]
-        if self.feature_layer is not None and (
-            _inference_source(head.input) is not self.classifier.get_layer(self.feature_layer)
-        ):  # fmt: skip
+        if self.feature_layer is not None and not generator_lib.feeds_head(
+            self.classifier, self.feature_layer
+        ):
             raise ValueError(
                 f"generator_refresh={self.generator_refresh!r} restarts the generator from the "
                 f"classifier's last layer {head.name!r}, which must read the features the "
@@ -619,21 +610,6 @@ def _option_property(name):
 
 for _name in options_lib.NAMES:
     setattr(MetaLabelNet, _name, _option_property(_name))
-
-
-# Layers that pass their input through unchanged in inference mode.
-_INFERENCE_IDENTITIES = (keras.layers.Dropout, keras.layers.SpatialDropout1D,
-                         keras.layers.SpatialDropout2D, keras.layers.SpatialDropout3D,
-                         keras.layers.GaussianDropout, keras.layers.GaussianNoise,
-                         keras.layers.AlphaDropout)  # fmt: skip
-
-
-def _inference_source(tensor):
-    """The layer whose output `tensor` is in inference mode, past dropout and noise layers."""
-    layer = tensor._keras_history.operation
-    while isinstance(layer, _INFERENCE_IDENTITIES):
-        layer = layer.input._keras_history.operation
-    return layer
 
 
 def _check_meta_batch_pass(options, classifier):

@@ -377,7 +377,8 @@ def test_the_refresh_refuses_what_it_cannot_restart_from():
         mln_tf.MetaLabelNet(classifier, feature_layer="features", generator_refresh="each_epoch")
     other = tanh_classifier()
     extractor = keras.Sequential([keras.Input((4,)), layers.Dense(NUM_FEATURES, name="other")])
-    with pytest.raises(ValueError, match="has layers that are not the classifier's: other"):
+    with pytest.raises(ValueError, match="layer 'other' is not a layer of the classifier: "
+                       "only an extractor cut from the classifier can be refreshed"):
         mln_tf.MetaLabelNet(other, feature_extractor=extractor,
                             generator_refresh="each_epoch")  # fmt: skip
 
