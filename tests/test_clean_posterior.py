@@ -308,7 +308,7 @@ def test_noisy_labels_estimate_sets_v_from_the_read_outs_posterior_on_the_noisy_
 # The generator restarted from the classifier at each epoch's end (`generator_refresh`)
 
 
-def test_each_epoch_ends_with_the_generator_at_the_classifiers_own_posterior(tmp_path):
+def test_each_epoch_ends_with_the_generator_at_the_classifiers_own_posterior():
     images, labels = meta_set(size=96)
     model = posterior_model((images, labels), generator_refresh="each_epoch",
                             generator_learning_rate=0.05)  # fmt: skip
