@@ -17,6 +17,7 @@ import math
 import keras
 import numpy as np
 import tensorflow as tf
+from scipy.special import softmax
 
 from mln_tf import distribute, losses, training_batch
 from mln_tf.classifier_trainer import ClassifierTrainer, check_classifier, serialize_model
@@ -252,7 +253,7 @@ def gold_transition_matrix(classifier, meta_images, meta_labels, num_classes, ba
             f"Invalid value for argument `meta_labels`. Received {len(labels)} labels for "
             f"{len(logits)} images. Expected one label per meta image, in the same order."
         )
-    probabilities = _softmax(np.asarray(logits, dtype="float64"))
+    probabilities = softmax(np.asarray(logits, dtype="float64"), axis=-1)
     matrix = np.eye(num_classes)
     for true_class in np.unique(labels):
         matrix[true_class] = probabilities[labels == true_class].mean(axis=0)
@@ -371,11 +372,6 @@ def search_fine_tune(classifier, meta_batches, validation_data, *, grid=FINE_TUN
         if best_history is None or score > max(scores[:-1]):
             best_settings, best_history = dict(settings), history
     return best_settings, best_history, scores
-
-
-def _softmax(logits):
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def _check_noisy_loss(noisy_loss, num_classes):

@@ -8,6 +8,7 @@ single softmax layer: ŷ = softmax(W·h(x) + b), or with `label_input`
 import keras
 import numpy as np
 import tensorflow as tf
+from scipy.special import softmax
 
 
 def freeze_feature_extractor(classifier, feature_layer):
@@ -187,7 +188,7 @@ def clean_posterior_weights(features, labels, num_classes, transition_matrix=Non
     label_weights = None
     if transition_matrix is None and noisy is not None:
         noisy_features, noisy_labels = noisy
-        posterior = _softmax(np.asarray(noisy_features, "float64") @ kernel + bias)
+        posterior = softmax(np.asarray(noisy_features, "float64") @ kernel + bias, axis=1)
         transition_matrix = noisy_label_transition_matrix(posterior, noisy_labels, num_classes)
     if transition_matrix is not None:
         label_weights = np.log(np.maximum(np.asarray(transition_matrix), MIN_TRANSITION)).T
@@ -250,12 +251,6 @@ def noisy_label_transition_matrix(posterior, given_labels, num_classes):
     counts = posterior.T @ np.eye(num_classes)[given_labels[labeled]]
     totals = counts.sum(axis=1, keepdims=True)
     return np.where(totals > 0, counts / np.maximum(totals, 1e-12), np.eye(num_classes))
-
-
-def _softmax(logits):
-    logits = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(logits)
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def generator_inputs(features, labels, num_classes, label_input):
