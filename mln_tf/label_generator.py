@@ -10,6 +10,8 @@ import numpy as np
 import tensorflow as tf
 from scipy.special import softmax
 
+from mln_tf import clean_baselines, training_batch
+
 
 def freeze_feature_extractor(classifier, feature_layer):
     """A frozen copy of `classifier` that outputs `feature_layer`'s activations.
@@ -193,6 +195,64 @@ def clean_posterior_weights(features, labels, num_classes, transition_matrix=Non
     if transition_matrix is not None:
         label_weights = np.log(np.maximum(np.asarray(transition_matrix), MIN_TRANSITION)).T
     return (kernel, bias), label_weights
+
+
+def fit_clean_posterior(
+    classifier,
+    feature_extractor,
+    meta_data,
+    noisy_data=None,
+    *,
+    transition_estimate="meta_softmax",
+    readout_regularization="fixed",
+):
+    """The weights of `generator_init="clean_posterior"`, fitted on the meta set.
+
+    Args:
+        classifier: the warmed-up classifier, whose softmax on the meta images estimates
+            the noise matrix (`transition_estimate="meta_softmax"`).
+        feature_extractor: the frozen extractor h the generator reads.
+        meta_data: `(images, labels)` arrays or a dataset of pairs: the clean meta set.
+        noisy_data: the same for the noisy training set, -1 for unlabeled; needed with
+            `transition_estimate="noisy_labels"`. Defaults to `None`.
+        transition_estimate: `"meta_softmax"` or `"noisy_labels"`.
+        readout_regularization: `"fixed"` (C = 1) or `"cross_validated"`.
+
+    Returns:
+        `((W, b), V, C)`: as `clean_posterior_weights` returns, and the read-out's inverse
+        L2 strength.
+
+    Raises:
+        ValueError: for meta data that is not images and labels in range, and for
+            `"noisy_labels"` without `noisy_data`.
+    """
+    num_classes = int(classifier.output_shape[-1])
+    images, labels = training_batch.labelled_arrays(
+        meta_data, classifier.input_shape, num_classes, "meta_data"
+    )
+    features = feature_extractor.predict(images, batch_size=512, verbose=0)
+    matrix = noisy = None
+    if transition_estimate == "meta_softmax":
+        matrix = clean_baselines.gold_transition_matrix(classifier, images, labels, num_classes)
+    elif noisy_data is None:
+        raise ValueError(
+            "transition_estimate='noisy_labels' counts the given labels of the noisy "
+            "training set: pass `noisy_data=(images, labels)` (or a dataset of "
+            "pairs) to `initialize_label_generator` or `start_meta_stage`."
+        )
+    else:
+        noisy_images, noisy_labels = training_batch.labelled_arrays(
+            noisy_data, classifier.input_shape, num_classes, "noisy_data", allow_unlabeled=True
+        )
+        noisy_features = feature_extractor.predict(noisy_images, batch_size=512, verbose=0)
+        noisy = (noisy_features, noisy_labels)
+    regularization = 1.0
+    if readout_regularization == "cross_validated":
+        regularization = cross_validated_regularization(features, labels)
+    weights, label_weights = clean_posterior_weights(
+        features, labels, num_classes, matrix, regularization, noisy=noisy
+    )
+    return weights, label_weights, regularization
 
 
 def cross_validated_regularization(features, labels, cs=READOUT_CS, folds=5, seed=0):

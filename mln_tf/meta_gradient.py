@@ -351,6 +351,20 @@ def _head_layers(classifier, options):
     return weighted_layers(classifier)[-options.head_layers :]
 
 
+def check_head_layers(head_layers, classifier):
+    """Raises unless `head_layers` counts 1 to all of the classifier's weighted layers."""
+    weighted = [layer.name for layer in weighted_layers(classifier)]
+    if isinstance(head_layers, bool) or not isinstance(head_layers, int) or not (
+        1 <= head_layers <= len(weighted)
+    ):
+        shown = ", ".join(weighted[-5:])
+        raise ValueError(
+            f"Invalid value for argument `head_layers`. Received: head_layers={head_layers!r}. "
+            f"Expected an integer from 1 to {len(weighted)}, the number of the classifier's "
+            f"innermost layers with trainable weights (the last: {shown})."
+        )
+
+
 def virtual_path_layers(classifier, options):
     """The classifier's innermost layers from the first one the virtual step moves on."""
     layers = leaf_layers(classifier)

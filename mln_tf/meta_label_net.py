@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mln_tf import clean_baselines, distribute, losses, meta_gradient, training_batch
+from mln_tf import distribute, losses, meta_gradient, training_batch
 from mln_tf import label_generator as generator_lib
 from mln_tf import options as options_lib
 from mln_tf.callbacks import RefreshLabelGenerator
@@ -132,8 +132,7 @@ class MetaLabelNet(MetaTrainer):
         super().__init__(classifier, **kwargs)
         self.feature_layer = feature_layer
         self._options = (options or options_lib.PAPER).replace(**option_changes)
-        _check_head_layers(self._options.head_layers, classifier)
-        _check_meta_batch_pass(self._options, classifier)
+        _check_classifier_options(self._options, classifier)
 
         if self._options.generator_refresh != "never" and feature_extractor is not None:
             generator_lib.check_cut_from(feature_extractor, classifier)
@@ -205,8 +204,7 @@ class MetaLabelNet(MetaTrainer):
                 "model to change them."
             )
         new_options = self._options.replace(**changes)
-        _check_head_layers(new_options.head_layers, self.classifier)
-        _check_meta_batch_pass(new_options, self.classifier)
+        _check_classifier_options(new_options, self.classifier)
         if new_options != self._options:
             self._options = new_options
             # Python values are constants of a traced step: trace it again.
@@ -375,37 +373,11 @@ class MetaLabelNet(MetaTrainer):
                 # Built before the warm-up: `fit` refuses to start until this is called.
                 self._awaits_meta_data = True
                 return
-            images, labels = training_batch.labelled_arrays(
-                meta_data, self.classifier.input_shape, self.num_classes, "meta_data"
-            )
-            features = self.feature_extractor.predict(images, batch_size=512, verbose=0)
-            matrix = noisy = None
-            if self.transition_estimate == "meta_softmax":
-                matrix = clean_baselines.gold_transition_matrix(
-                    self.classifier, images, labels, self.num_classes
-                )
-            elif noisy_data is None:
-                raise ValueError(
-                    "transition_estimate='noisy_labels' counts the given labels of the noisy "
-                    "training set: pass `noisy_data=(images, labels)` (or a dataset of "
-                    "pairs) to `initialize_label_generator` or `start_meta_stage`."
-                )
-            else:
-                noisy_images, noisy_labels = training_batch.labelled_arrays(
-                    noisy_data, self.classifier.input_shape, self.num_classes, "noisy_data",
-                    allow_unlabeled=True,
-                )  # fmt: skip
-                noisy_features = self.feature_extractor.predict(
-                    noisy_images, batch_size=512, verbose=0
-                )
-                noisy = (noisy_features, noisy_labels)
-            regularization = 1.0
-            if self.readout_regularization == "cross_validated":
-                regularization = generator_lib.cross_validated_regularization(features, labels)
-            self.readout_c = regularization
-            fitted, posterior_label_weights = generator_lib.clean_posterior_weights(
-                features, labels, self.num_classes, matrix, regularization, noisy=noisy
-            )
+            fitted, posterior_label_weights, self.readout_c = generator_lib.fit_clean_posterior(
+                self.classifier, self.feature_extractor, meta_data, noisy_data,
+                transition_estimate=self.transition_estimate,
+                readout_regularization=self.readout_regularization,
+            )  # fmt: skip
             if not reads_logits:
                 weights = fitted
             if self.label_input:
@@ -612,20 +584,9 @@ for _name in options_lib.NAMES:
     setattr(MetaLabelNet, _name, _option_property(_name))
 
 
-def _check_meta_batch_pass(options, classifier):
-    """Builds the split of the classifier that `meta_batch_pass="shared"` runs, now, outside
-    the traced step; raises if the classifier has no such split."""
+def _check_classifier_options(options, classifier):
+    """Raises now, outside the traced step, for options this classifier cannot take; builds
+    the classifier's split that `meta_batch_pass="shared"` runs."""
+    meta_gradient.check_head_layers(options.head_layers, classifier)
     if options.meta_batch_pass == "shared":
         meta_gradient.features_and_logits(classifier)
-
-
-def _check_head_layers(head_layers, classifier):
-    weighted = [layer.name for layer in meta_gradient.weighted_layers(classifier)]
-    if not 1 <= head_layers <= len(weighted):
-        shown = ", ".join(weighted[-5:])
-        raise ValueError(
-            f"Invalid value for argument `head_layers`. Received: head_layers={head_layers!r}. "
-            f"Expected an integer from 1 to {len(weighted)}, the number of the classifier's "
-            f"innermost layers with trainable weights (the last: {shown})."
-        )
-    return head_layers

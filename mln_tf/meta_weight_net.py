@@ -173,14 +173,7 @@ class MetaWeightNet(MetaTrainer):
                 f"Invalid value for argument `virtual_scope`. Received: "
                 f"virtual_scope={virtual_scope!r}. Expected one of {VIRTUAL_SCOPES}."
             )
-        _check_positive_int("head_layers", head_layers)
-        num_weighted = len(meta_gradient.weighted_layers(classifier))
-        if head_layers > num_weighted:
-            raise ValueError(
-                f"Invalid value for argument `head_layers`. Received: head_layers={head_layers}. "
-                f"Expected an integer from 1 to {num_weighted}, the number of the classifier's "
-                "innermost layers with trainable weights."
-            )
+        meta_gradient.check_head_layers(head_layers, classifier)
         self.hidden_units = hidden_units
         self.virtual_lr = None if virtual_lr is None else float(virtual_lr)
         self.virtual_scope = virtual_scope

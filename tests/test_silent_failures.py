@@ -169,6 +169,22 @@ def test_head_layers_counts_the_innermost_layers_of_a_nested_backbone():
                                                       *head.trainable_weights]}  # fmt: skip
 
 
+def test_head_layers_beyond_the_classifier_are_refused_at_construction_and_in_compile():
+    classifier = keras.Sequential(
+        [keras.Input((4,)), layers.Dense(5, name="hidden"), layers.Dense(3, name="out")]
+    )
+    message = (
+        "Received: head_layers=3. Expected an integer from 1 to 2, the number of the "
+        "classifier's innermost layers with trainable weights \\(the last: hidden, out\\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        mln_tf.MetaLabelNet(classifier, virtual_scope="head", head_layers=3)
+    model = mln_tf.MetaLabelNet(classifier, virtual_scope="head", head_layers=2)
+    with pytest.raises(ValueError, match=message):
+        model.compile(head_layers=3)
+    assert model.head_layers == 2  # the refused change left the model as it was
+
+
 # Step 6, the classifier's own update
 
 
