@@ -6,7 +6,9 @@ last epoch. Each method's epoch is selected on the clean validation split (disjo
 meta set) among the warm-up's last epoch and its own. The table gives, per setting and
 method, the mean and sample standard deviation over seeds of the test accuracy at that
 epoch and at the final epoch, and the paired difference to cross-entropy: the mean and
-standard deviation of the per-seed differences (same seed, same warm-up, same data).
+standard deviation of the per-seed differences (same seed, same warm-up, same data). A last
+table names each setting's first and second method with their paired difference, and
+MetaLabelNet's paired difference to the best of the others.
 
 Usage:
 
@@ -48,6 +50,7 @@ DEFAULT_SEEDS = (0, 1, 2)
 # The two test accuracies of each method that the grid tabulates (`mln_tf.selection.select_epochs`).
 ACCURACY_KEYS = ("test_accuracy_best_on_validation", "test_accuracy_final")
 BASELINE_METHOD = "cross_entropy"
+MAIN_METHOD = "meta_label_net"
 # The settings that decide the cross-entropy baseline's result.
 BASELINE_FIELDS = (*train.WARM_UP_FIELDS, "meta_epochs")
 
@@ -335,6 +338,59 @@ def format_by_method(summary, key=ACCURACY_KEYS[0]):
     return "\n".join(lines) + "\n"
 
 
+def leaders(table, key=ACCURACY_KEYS[0], method=MAIN_METHOD):
+    """Per setting, at one of `ACCURACY_KEYS`: the method of best mean (`first`), the next
+    (`second`), `describe` of their paired per-seed difference (`margin`), and `method`'s
+    paired difference to the best mean among the other methods (`method_to_best_other`).
+
+    A paired difference is taken over the seeds both methods ran; its spread is what tells a
+    margin from the seeds' noise.
+    """
+    result = {}
+    for setting, methods in table.items():
+        means = {name: statistics.fmean(runs[key]) for name, runs in methods.items()}
+        ranked = sorted(means, key=means.get, reverse=True)
+        entry = {"first": ranked[0], "second": ranked[1] if len(ranked) > 1 else None}
+        if entry["second"] is not None:
+            entry["margin"] = _paired(methods[ranked[0]], methods[ranked[1]], key)
+        if method in methods and len(ranked) > 1:
+            best_other = next(name for name in ranked if name != method)
+            entry["best_other"] = best_other
+            entry["method_to_best_other"] = _paired(methods[method], methods[best_other], key)
+        result[setting] = entry
+    return result
+
+
+def _paired(runs, other, key):
+    by_seed = dict(zip(other["seeds"], other[key], strict=True))
+    return describe([value - by_seed[seed]
+                     for seed, value in zip(runs["seeds"], runs[key], strict=True)
+                     if seed in by_seed])  # fmt: skip
+
+
+def format_leaders(table, key=ACCURACY_KEYS[0]):
+    """`leaders` as a markdown table: each setting's winner and its paired margin, and
+    MetaLabelNet against the best of the other methods."""
+    epoch = {ACCURACY_KEYS[0]: "Best on validation", ACCURACY_KEYS[1]: "Final epoch"}[key]
+    lines = [
+        f"{epoch}: the first and second method of each setting by mean, the paired "
+        "difference first − second (mean ± sd over seeds), and MetaLabelNet's paired "
+        "difference to the best of the other methods.",
+        "",
+        "| setting | first | second | first − second | MetaLabelNet − best other | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setting, entry in leaders(table, key).items():
+        names = [METHOD_NAMES.get(entry[name], entry[name]) if entry.get(name) else ""
+                 for name in ("first", "second", "best_other")]  # fmt: skip
+        margin = spread(entry["margin"], "+") if "margin" in entry else ""
+        to_best = entry.get("method_to_best_other")
+        ours = f"{spread(to_best, '+')} (against {names[2]})" if to_best else ""
+        seeds = len(table[setting][entry["first"]]["seeds"])
+        lines.append(f"| {setting} | {names[0]} | {names[1]} | {margin} | {ours} | {seeds} |")
+    return "\n".join(lines) + "\n"
+
+
 def build_parser():
     """The command line's parser."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -378,7 +434,8 @@ def main(argv=None):
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(result, f, indent=2)
     text = "\n".join([format_markdown(summary, command),
-                      *(format_by_method(summary, key) for key in ACCURACY_KEYS)])  # fmt: skip
+                      *(format_by_method(summary, key) for key in ACCURACY_KEYS),
+                      *(format_leaders(table, key) for key in ACCURACY_KEYS)])  # fmt: skip
     with open(os.path.join(args.out, f"{name}.md"), "w") as f:
         f.write(text)
     print(text)

@@ -115,6 +115,54 @@ def test_the_table_by_method_puts_each_setting_in_a_column_and_bolds_its_best():
     assert final[5] == "| MetaLabelNet | 86.30 (-0.07) | 88.77 ± 0.50 (+8.45 ± 0.50) |"
 
 
+def test_leaders_pair_the_winner_with_the_runner_up_seed_by_seed():
+    def runs(seeds, values):
+        return {"seeds": seeds, KEYS[0]: values, KEYS[1]: values}
+
+    table = {
+        "pair:0.45": {
+            "cross_entropy": runs([0, 1, 2], [0.80, 0.59, 0.70]),
+            "meta_label_net": runs([0, 1, 2], [0.8877, 0.8801, 0.8850]),
+            "gold_loss_correction": runs([0, 1, 2], [0.8933, 0.8853, 0.8840]),
+            "fine_tune": runs([0, 2], [0.8833, 0.8922]),
+        },
+        "feature_dependent:0.4": {
+            "cross_entropy": runs([0, 1], [0.767, 0.7736]),
+            "meta_label_net": runs([0, 1], [0.8241, 0.8243]),
+            "fine_tune": runs([0, 1], [0.8175, 0.8181]),
+        },
+    }
+    found = accuracy.leaders(table)
+    # Means: GLC 88.753, fine-tuning 88.775 (two seeds), MetaLabelNet 88.427.
+    pair = found["pair:0.45"]
+    assert (pair["first"], pair["second"], pair["best_other"]) == (
+        "fine_tune", "gold_loss_correction", "fine_tune")
+    # Paired over the seeds both ran (0 and 2): 88.33 − 89.33 and 89.22 − 88.40.
+    assert pair["margin"]["mean"] == pytest.approx(statistics.fmean([-1.00, 0.82]))
+    assert pair["margin"]["std"] == pytest.approx(statistics.stdev([-1.00, 0.82]))
+    assert pair["margin"]["runs"] == 2
+    ours = [88.77 - 88.33, 88.50 - 89.22]
+    assert pair["method_to_best_other"]["mean"] == pytest.approx(statistics.fmean(ours))
+    fd = found["feature_dependent:0.4"]
+    assert (fd["first"], fd["second"], fd["best_other"]) == (
+        "meta_label_net", "fine_tune", "fine_tune")
+    assert fd["margin"]["mean"] == pytest.approx(statistics.fmean([0.66, 0.62]))
+    assert fd["method_to_best_other"] == fd["margin"]
+
+    lines = accuracy.format_leaders(table).splitlines()
+    assert lines[0].startswith("Best on validation: the first and second method")
+    assert lines[4] == (
+        "| pair:0.45 | cross-entropy, then fine-tuned on the meta set | gold loss correction "
+        "(GLC) | -0.09 ± 1.29 | -0.14 ± 0.82 (against cross-entropy, then fine-tuned on the "
+        "meta set) | 2 |"
+    )
+    assert lines[5] == (
+        "| feature_dependent:0.4 | MetaLabelNet | cross-entropy, then fine-tuned on the meta "
+        "set | +0.64 ± 0.03 | +0.64 ± 0.03 (against cross-entropy, then fine-tuned on the "
+        "meta set) | 2 |"
+    )
+
+
 def test_grid_arguments_are_checked():
     assert accuracy.parse_setting("pair:0.45") == ("pair", 0.45)
     assert accuracy.parse_override("virtual_lr=0.5") == ("virtual_lr", 0.5)
