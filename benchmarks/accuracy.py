@@ -23,7 +23,8 @@ run, since no epoch depends on the epochs after it (the learning rate follows th
 
 `--tabulate-only` trains nothing: it tabulates the finished cells of the grid named and stops
 with the names of the cells that are not finished. A grid run in parts (a seed per process,
-say) is tabulated this way as a whole.
+say) is tabulated this way as a whole. With `--finished-only` as well it leaves the
+unfinished cells out instead, and names them above the tables.
 
 An ablation that changes MetaLabelNet's options only can take the cross-entropy baseline
 from an earlier grid with `--baselines-from`: that stage depends on the warm-up's settings
@@ -163,9 +164,17 @@ def cell_folder(out_dir, noise, rate, seed):
     return os.path.join(out_dir, f"{noise}_{rate:g}_seed{seed}")
 
 
+def unfinished_cells(settings, seeds, out_dir):
+    """The folders of the grid's cells that have no results yet."""
+    folders = [cell_folder(out_dir, noise, rate, seed)
+               for noise, rate in settings for seed in seeds]  # fmt: skip
+    return [folder for folder in folders
+            if not os.path.exists(os.path.join(folder, "results.json"))]  # fmt: skip
+
+
 def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
              clean_reference=False, baselines_from=None, last_epoch=None,
-             tabulate_only=False):  # fmt: skip
+             tabulate_only=False, finished_only=False):  # fmt: skip
     """Runs (or reads back) every cell.
 
     Returns `{setting: {method: {"seeds": [...], key: [value per seed]}}}` for each key of
@@ -176,21 +185,20 @@ def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
     and so their true labels, depends on the seed alone. With `baselines_from`, a grid
     folder, each cell copies its finished cross-entropy stage from the same cell there.
     With `last_epoch`, each method is selected among its epochs up to that one. With
-    `tabulate_only`, every cell must be finished.
+    `tabulate_only`, every cell must be finished, or with `finished_only` as well, the
+    unfinished ones are left out (a setting with none finished is left out whole).
 
     Raises:
-        ValueError: with `tabulate_only`, naming the cells that are not finished.
+        ValueError: with `tabulate_only` alone, naming the cells that are not finished.
     """
-    if tabulate_only:
-        folders = [cell_folder(out_dir, noise, rate, seed)
-                   for noise, rate in settings for seed in seeds]  # fmt: skip
-        unfinished = [folder for folder in folders
-                      if not os.path.exists(os.path.join(folder, "results.json"))]  # fmt: skip
+    unfinished = unfinished_cells(settings, seeds, out_dir) if tabulate_only else []
+    if tabulate_only and not finished_only:
         if unfinished:
             raise ValueError(
                 f"--tabulate-only: {len(unfinished)} cell(s) of the grid are not finished: "
                 f"{', '.join(unfinished)}. Run the grid without --tabulate-only to train "
-                "them, or leave their settings or seeds out."
+                "them, leave their settings or seeds out, or add --finished-only to leave "
+                "them out of the table."
             )
     table = {}
     for index, (noise, rate) in enumerate(settings):
@@ -201,6 +209,8 @@ def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
         table[key] = {}
         for seed in seeds:
             folder = cell_folder(out_dir, noise, rate, seed)
+            if folder in unfinished:  # left out by `finished_only`
+                continue
             results_path = os.path.join(folder, "results.json")
             if os.path.exists(results_path):
                 results = read_cell(folder)
@@ -230,6 +240,7 @@ def run_grid(settings, seeds, out_dir, overrides=None, verbose=0, preset=None,
                 runs["seeds"].append(seed)
                 for accuracy_key in ACCURACY_KEYS:
                     runs[accuracy_key].append(result[accuracy_key])
+    table = {key: methods for key, methods in table.items() if methods}
     if clean_reference:
         first = next(iter(table.values()))
         for methods in table.values():
@@ -278,10 +289,12 @@ def spread(stats, sign=""):
     return f"{stats['mean']:{sign}.2f} ± {stats['std']:.2f}"
 
 
-def format_markdown(summary, command):
-    lines = [
-        f"`{command}`",
-        "",
+def format_markdown(summary, command, unfinished=()):
+    lines = [f"`{command}`", ""]
+    if unfinished:
+        names = ", ".join(os.path.basename(folder) for folder in unfinished)
+        lines += [f"Not finished, so left out of every table: {names}.", ""]
+    lines += [
         "Test accuracy (%) at the epoch of best accuracy on the clean validation split "
         "(disjoint from the meta set; candidates: the warm-up's last epoch and the method's "
         "own), and at the final epoch: mean ± sample standard deviation over seeds. Δ: the "
@@ -319,7 +332,8 @@ def format_by_method(summary, key=ACCURACY_KEYS[0]):
         f"{epoch}, a row per method: mean ± sd over seeds (paired difference to "
         "cross-entropy, mean ± sd); the best mean of each setting in bold.",
         "",
-        "| method | " + " | ".join(settings) + " |",
+        "| method | " + " | ".join(_with_seeds(setting, summary[setting], key)
+                                    for setting in settings) + " |",
         "|---|" + "---|" * len(settings),
     ]
     for method in methods:
@@ -391,6 +405,12 @@ def format_leaders(table, key=ACCURACY_KEYS[0]):
     return "\n".join(lines) + "\n"
 
 
+def _with_seeds(setting, cells, key):
+    """The column's title: the setting, and its number of seeds where the summary has it."""
+    runs = max((cell[key].get("runs", 0) for cell in cells.values()), default=0)
+    return f"{setting} ({runs} seed{'s' if runs > 1 else ''})" if runs else setting
+
+
 def build_parser():
     """The command line's parser."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -409,17 +429,23 @@ def build_parser():
                         help="select each method among its epochs up to this one")  # fmt: skip
     parser.add_argument("--tabulate-only", action="store_true",
                         help="train nothing: tabulate the grid's finished cells")  # fmt: skip
+    parser.add_argument("--finished-only", action="store_true",
+                        help="with --tabulate-only: leave unfinished cells out")  # fmt: skip
     parser.add_argument("--out", default=os.path.join("benchmarks", "results", "accuracy"))
     parser.add_argument("--verbose", type=int, default=0)
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.finished_only and not args.tabulate_only:
+        parser.error("--finished-only tabulates a grid without training: add --tabulate-only")
     os.makedirs(args.out, exist_ok=True)
+    left_out = unfinished_cells(args.settings, args.seeds, args.out) if args.finished_only else []
     table = run_grid(args.settings, args.seeds, args.out, dict(args.overrides), args.verbose,
                      args.preset, args.clean_reference, args.baselines_from,
-                     args.last_epoch, args.tabulate_only)  # fmt: skip
+                     args.last_epoch, args.tabulate_only, args.finished_only)  # fmt: skip
     summary = summarize(table)
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {
@@ -428,12 +454,13 @@ def main(argv=None):
         "command": command,
         "runs": table,
         "summary": summary,
+        "unfinished": left_out,
     }
     # A table of shorter runs sits beside the grid's own table.
     name = "accuracy" if args.last_epoch is None else f"accuracy_up_to_epoch{args.last_epoch}"
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(result, f, indent=2)
-    text = "\n".join([format_markdown(summary, command),
+    text = "\n".join([format_markdown(summary, command, left_out),
                       *(format_by_method(summary, key) for key in ACCURACY_KEYS),
                       *(format_leaders(table, key) for key in ACCURACY_KEYS)])  # fmt: skip
     with open(os.path.join(args.out, f"{name}.md"), "w") as f:

@@ -261,7 +261,8 @@ def test_last_epoch_tabulates_exactly_what_a_shorter_run_gives(tmp_path, monkeyp
                        "--out", str(longer)])  # fmt: skip
 
 
-def test_tabulate_only_reads_finished_cells_and_names_the_unfinished(tmp_path, monkeypatch):
+def test_tabulate_only_reads_finished_cells_and_names_the_unfinished(tmp_path, monkeypatch,
+                                                                    capsys):
     monkeypatch.setenv("MLN_TF_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "grid"
     common = ["--settings", "symmetric:0.4", "--set", *TINY, "--out", str(out)]
@@ -273,6 +274,24 @@ def test_tabulate_only_reads_finished_cells_and_names_the_unfinished(tmp_path, m
                        r"finished: .*symmetric_0\.4_seed1\. Run the grid without"):
         accuracy.main(["--seeds", "0", "1", "--tabulate-only", *common])
     assert not (out / "symmetric_0.4_seed1" / "results.json").exists()  # nothing trained
+
+    # --finished-only leaves the unfinished cells out, and a setting with none finished.
+    accuracy.main(["--seeds", "0", "1", "--tabulate-only", "--finished-only", *common[:2],
+                   "pair:0.45", *common[2:]])  # fmt: skip
+    partial = json.loads((out / "accuracy.json").read_text())
+    assert partial["runs"] == one_seed
+    left_out = ("symmetric_0.4_seed1", "pair_0.45_seed0", "pair_0.45_seed1")
+    assert partial["unfinished"] == [str(out / name) for name in left_out]
+    table = (out / "accuracy.md").read_text()
+    assert ("Not finished, so left out of every table: symmetric_0.4_seed1, pair_0.45_seed0, "
+            "pair_0.45_seed1.") in table
+    assert "| method | symmetric:0.4 (1 seed) |" in table
+    assert "| pair:0.45 |" not in table and "pair:0.45 (" not in table
+    assert not (out / "pair_0.45_seed0").exists()  # nothing trained
+    with pytest.raises(SystemExit):
+        accuracy.main(["--seeds", "0", "--finished-only", *common])
+    assert "--finished-only tabulates a grid without training: add --tabulate-only" in (
+        capsys.readouterr().err)
 
     (out / "accuracy.json").unlink()
     accuracy.main(["--seeds", "0", "--tabulate-only", *common])
